@@ -1,0 +1,232 @@
+//! `remoractl`: Remora's command-line tool.
+
+mod manifests;
+
+use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use remora_api::{
+    config::{SidecarConfig, TlsMode},
+    crd::{MeshResource, all_crds, crd_yaml},
+};
+use remora_operator::render::{MeshResources, RenderContext, render_sidecar_config};
+
+use crate::manifests::Document;
+
+#[derive(Parser)]
+#[command(
+    name = "remoractl",
+    version,
+    about = "Remora service mesh command-line tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the sidecar config the operator renders for a namespace from
+    /// custom resources in files or directories.
+    Render {
+        /// Files or directories of manifests (YAML or JSON).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace to render for (default: the one namespace the resources are in).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Inbound mTLS mode of the mesh.
+        #[arg(long, value_enum, default_value_t = Mtls::Disabled)]
+        mtls: Mtls,
+        /// PEM file with the mesh CA certificates (required when mTLS is on).
+        #[arg(long)]
+        trust_bundle: Option<PathBuf>,
+    },
+    /// Validate custom resources and sidecar config files; report every problem.
+    Check {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
+    Crds {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the sidecar config document.
+    ConfigSchema,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mtls {
+    Disabled,
+    Permissive,
+    Strict,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Render {
+            files,
+            namespace,
+            trust_domain,
+            mtls,
+            trust_bundle,
+        } => render(&files, namespace, trust_domain, mtls, trust_bundle),
+        Command::Check { files } => check(&files),
+        Command::Crds { out } => crds(out),
+        Command::ConfigSchema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&SidecarConfig::json_schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn render(
+    files: &[PathBuf],
+    namespace: Option<String>,
+    trust_domain: String,
+    mtls: Mtls,
+    trust_bundle: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let mut resources = MeshResources::default();
+    let mut namespaces = BTreeSet::new();
+    for doc in manifests::read(files)? {
+        let Document::Resource { resource, .. } = doc else {
+            continue;
+        };
+        namespaces.insert(namespace_of(&resource));
+        match *resource {
+            MeshResource::SidecarTemplate(r) => resources.templates.push(r),
+            MeshResource::ServiceRoute(r) => resources.routes.push(r),
+            MeshResource::RateLimitPolicy(r) => resources.rate_limits.push(r),
+            MeshResource::MeshCertificate(r) => resources.certificates.push(r),
+        }
+    }
+    let namespace = match namespace {
+        Some(ns) => ns,
+        None if namespaces.len() == 1 => namespaces.pop_first().expect("one namespace"),
+        None if namespaces.is_empty() => bail!("no Remora resources found in the given files"),
+        None => bail!("the resources span namespaces {namespaces:?}; choose one with --namespace"),
+    };
+    // Offline there is no API server to default metadata.namespace: do what
+    // `kubectl apply` would and place unqualified resources in `default`.
+    default_namespaces(&mut resources);
+    let mut ctx = RenderContext::new(namespace);
+    ctx.trust_domain = trust_domain;
+    ctx.mtls = match mtls {
+        Mtls::Disabled => TlsMode::Disabled,
+        Mtls::Permissive => TlsMode::Permissive,
+        Mtls::Strict => TlsMode::Strict,
+    };
+    if let Some(path) = trust_bundle {
+        ctx.trust_bundle = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading trust bundle {}", path.display()))?;
+    }
+    let rendered = render_sidecar_config(&ctx, &resources);
+    for r in &rendered.rejected {
+        eprintln!("rejected {r}");
+    }
+    // The renderer's output must pass the sidecar's own checks.
+    rendered
+        .config
+        .validate()
+        .context("rendered config failed validation (a bug in remoractl render)")?;
+    print!("{}", rendered.config.to_pretty_json());
+    Ok(if rendered.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn namespace_of(r: &MeshResource) -> String {
+    use kube::ResourceExt;
+    let ns = match r {
+        MeshResource::SidecarTemplate(r) => r.namespace(),
+        MeshResource::ServiceRoute(r) => r.namespace(),
+        MeshResource::RateLimitPolicy(r) => r.namespace(),
+        MeshResource::MeshCertificate(r) => r.namespace(),
+    };
+    ns.unwrap_or_else(|| "default".into())
+}
+
+fn default_namespaces(res: &mut MeshResources) {
+    fn fill(meta: &mut kube::core::ObjectMeta) {
+        meta.namespace.get_or_insert_with(|| "default".into());
+    }
+    res.templates.iter_mut().for_each(|r| fill(&mut r.metadata));
+    res.routes.iter_mut().for_each(|r| fill(&mut r.metadata));
+    res.rate_limits
+        .iter_mut()
+        .for_each(|r| fill(&mut r.metadata));
+    res.certificates
+        .iter_mut()
+        .for_each(|r| fill(&mut r.metadata));
+}
+
+fn check(files: &[PathBuf]) -> Result<ExitCode> {
+    let mut problems = 0;
+    let mut checked = 0;
+    for doc in manifests::read(files)? {
+        checked += 1;
+        match doc {
+            Document::Resource { source, resource } => {
+                if let Err(errs) = resource.validate() {
+                    for e in errs.iter() {
+                        println!("{}: {}: {e}", source.display(), resource.object_name());
+                        problems += 1;
+                    }
+                }
+            }
+            Document::SidecarConfig { source, bytes } => {
+                if let Err(e) = SidecarConfig::from_json(&bytes) {
+                    println!("{}: {e}", source.display());
+                    problems += 1;
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        println!("{problems} problem(s) in {checked} document(s)");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{checked} document(s) valid");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crds(out: Option<PathBuf>) -> Result<ExitCode> {
+    match out {
+        None => {
+            for (_, crd) in all_crds() {
+                print!("---\n{}", serde_yaml::to_string(&crd)?);
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, crd) in all_crds() {
+                let path = dir.join(file);
+                std::fs::write(&path, crd_yaml(&crd))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

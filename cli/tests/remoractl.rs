@@ -1,0 +1,85 @@
+//! The remoractl binary, as a user runs it.
+
+use std::process::Command;
+
+use remora_api::config::SidecarConfig;
+
+fn remoractl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_remoractl"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn render_of_the_examples_prints_a_config_the_sidecar_accepts() {
+    let out = remoractl(&["render", "-f", "examples/"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = SidecarConfig::from_json(&out.stdout).unwrap();
+    assert_eq!(config.namespace.as_deref(), Some("bookinfo"));
+    assert!(config.hash.is_some());
+    let table = config
+        .routes
+        .iter()
+        .find(|t| t.name == "reviews.bookinfo:9080")
+        .unwrap();
+    assert_eq!(
+        table.routes.len(),
+        3,
+        "testers, canary, and the default route"
+    );
+    assert_eq!(
+        config.rate_limits.len(),
+        3,
+        "two buckets and the adaptive limit"
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_object_and_field() {
+    let out = remoractl(&["check", "-f", "api/tests/invalid/route-weights.yaml"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ServiceRoute default/reviews: spec.rules[0].destinations: weights sum to 90, must be 100"), "{stdout}");
+    assert!(stdout.contains("3 problem(s) in 1 document(s)"), "{stdout}");
+
+    let out = remoractl(&["check", "-f", "examples/"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn crds_prints_all_four_definitions() {
+    let out = remoractl(&["crds"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "SidecarTemplate",
+        "ServiceRoute",
+        "RateLimitPolicy",
+        "MeshCertificate",
+    ] {
+        assert!(text.contains(&format!("kind: {kind}")), "{kind} missing");
+    }
+}
+
+#[test]
+fn render_without_resources_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deploy.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let out = remoractl(&["render", "-f", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Remora resources found"));
+}

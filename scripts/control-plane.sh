@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver and etcd from the Go module proxy, once, into
+# ~/.cache/remora/bin/k8s-<version>/, and prints that directory.
+# Idempotent: a second run finds the binaries and does nothing. Offline after
+# the first run (the Go module and build caches live under ~/.cache/remora/go).
+set -euo pipefail
+
+K8S_VERSION=v1.33.13
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${REMORA_CACHE:-$HOME/.cache/remora}
+out=$cache/bin/k8s-$K8S_VERSION
+
+say() { printf 'control-plane: %s\n' "$*" >&2; }
+
+if [[ -x $out/kube-apiserver && -x $out/etcd ]]; then
+  echo "$out"
+  exit 0
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  say "the Go toolchain (go) is not on PATH; it is needed once to build kube-apiserver and etcd"
+  exit 1
+fi
+
+export GOMODCACHE=$cache/go/mod GOCACHE=$cache/go/build GOFLAGS=-mod=mod CGO_ENABLED=0
+mkdir -p "$out"
+tmp=$(mktemp -d "$out/.build.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+ldflags="-s -w \
+  -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+  -X k8s.io/component-base/version.gitMajor=1 \
+  -X k8s.io/component-base/version.gitMinor=$minor \
+  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+
+cd "$here/e2e/envtest"
+for bin in etcd kube-apiserver; do
+  if [[ -x $out/$bin ]]; then continue; fi
+  say "building $bin for Kubernetes $K8S_VERSION (first run only; several minutes on 2 cores)"
+  start=$SECONDS
+  go build -trimpath -ldflags "$ldflags" -o "$tmp/$bin" "./$bin"
+  mv "$tmp/$bin" "$out/$bin"
+  say "built $out/$bin in $((SECONDS - start)) s"
+done
+echo "$out"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every check and test: the README's test command, and what CI runs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "control plane binaries (kube-apiserver, etcd; built once, cached under ~/.cache/remora)"
+REMORA_CONTROL_PLANE_BIN=$(scripts/control-plane.sh)
+export REMORA_CONTROL_PLANE_BIN
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "the sidecar builds without kube or k8s-openapi"
+if cargo tree -p remora-sidecar -e normal --locked | grep -E '^.*(kube|k8s-openapi) v' ; then
+  echo "remora-sidecar must not depend on kube or k8s-openapi" >&2
+  exit 1
+fi
+
+step "cargo test --workspace"
+cargo test --workspace --locked
