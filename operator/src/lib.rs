@@ -1,7 +1,36 @@
 //! Remora's control plane.
 //!
-//! [`render`] turns the mesh's custom resources into the sidecar config
-//! document. It is a pure function, shared by the operator's controllers and
-//! `remoractl render`.
+//! - [`render`]: the pure function from the mesh's custom resources to a
+//!   namespace's sidecar config, shared with `remoractl render`.
+//! - [`ca`]: the mesh CA (certificate issuing, no Kubernetes).
+//! - [`controller`]: the kube-runtime controllers.
+//! - [`run`]: everything together, as the binary and the tests start it.
 
+pub mod ca;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod render;
+
+use std::sync::Arc;
+
+use controller::{Context, OperatorConfig};
+use remora_api::crd::{RateLimitPolicy, SidecarTemplate};
+
+/// Loads (or creates) the CA and runs every controller until the process stops.
+pub async fn run(
+    client: kube::Client,
+    config: OperatorConfig,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<(), controller::Error> {
+    let ca = Arc::new(controller::certificate::load_or_create_ca(client.clone(), &config).await?);
+    let ctx = Context::new(client, config, ca, metrics);
+    futures::join!(
+        controller::mesh_config::run(ctx.clone()),
+        controller::service_route::run(ctx.clone()),
+        controller::certificate::run(ctx.clone()),
+        controller::policy_status::run::<SidecarTemplate>(ctx.clone()),
+        controller::policy_status::run::<RateLimitPolicy>(ctx),
+    );
+    Ok(())
+}

@@ -97,6 +97,10 @@ pub struct MeshCertificateStatus {
     /// When the operator will renew it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<String>,
+    /// When `revoked: true` was acted on (RFC 3339). Cleared when `revoked` is
+    /// set back to false; set it false and then true to revoke again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
     /// Serials of this identity's certificates revoked so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_serials: Vec<String>,

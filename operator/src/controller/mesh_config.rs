@@ -1,0 +1,366 @@
+//! Per namespace: render the sidecar config into `remora-config`.
+//!
+//! A namespace is in the mesh when it carries `remora.dev/inject=enabled` or
+//! holds a Remora resource. Any change to a resource re-renders only the
+//! namespaces it affects (its own; for a ServiceRoute, those in `exportTo`;
+//! for a revocation, all). An unchanged hash is never rewritten.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Namespace},
+    rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use remora_api::crd::{MeshCertificate, RateLimitPolicy, ServiceRoute, SidecarTemplate};
+use tracing::{info, warn};
+
+use super::{
+    CONFIG_KEY, CONFIG_MAP, Context, Error, FIELD_MANAGER, HASH_ANNOTATION, INJECT_LABEL,
+    MANAGED_BY, Result,
+};
+use crate::render::{MeshResources, RenderContext, render_sidecar_config};
+
+const CONTROLLER: &str = "mesh_config";
+const READER_ROLE: &str = "remora-config-reader";
+
+/// Caches of every Remora resource in the cluster, shared by reconciles.
+pub struct MeshStores {
+    pub namespaces: Store<Namespace>,
+    pub templates: Store<SidecarTemplate>,
+    pub routes: Store<ServiceRoute>,
+    pub rate_limits: Store<RateLimitPolicy>,
+    pub certificates: Store<MeshCertificate>,
+}
+
+impl MeshStores {
+    fn holds_resources(&self, ns: &str) -> bool {
+        let in_ns = |o: Option<String>| o.as_deref() == Some(ns);
+        self.templates.state().iter().any(|r| in_ns(r.namespace()))
+            || self.routes.state().iter().any(|r| in_ns(r.namespace()))
+            || self
+                .rate_limits
+                .state()
+                .iter()
+                .any(|r| in_ns(r.namespace()))
+            || self
+                .certificates
+                .state()
+                .iter()
+                .any(|r| in_ns(r.namespace()))
+    }
+
+    /// The revoked serials of every MeshCertificate.
+    fn revoked_serials(&self) -> BTreeSet<String> {
+        self.certificates
+            .state()
+            .iter()
+            .filter_map(|c| c.status.as_ref())
+            .flat_map(|s| s.revoked_serials.iter().cloned())
+            .collect()
+    }
+
+    fn resources(&self, ns: &str) -> MeshResources {
+        let own = |o: Option<String>| o.as_deref() == Some(ns);
+        MeshResources {
+            templates: self
+                .templates
+                .state()
+                .iter()
+                .filter(|r| own(r.namespace()))
+                .map(|r| (**r).clone())
+                .collect(),
+            routes: self.routes.state().iter().map(|r| (**r).clone()).collect(),
+            rate_limits: self
+                .rate_limits
+                .state()
+                .iter()
+                .filter(|r| own(r.namespace()))
+                .map(|r| (**r).clone())
+                .collect(),
+            certificates: self
+                .certificates
+                .state()
+                .iter()
+                .map(|r| (**r).clone())
+                .collect(),
+        }
+    }
+}
+
+struct MeshConfigContext {
+    ctx: Arc<Context>,
+    stores: Arc<MeshStores>,
+}
+
+pub fn in_mesh(ns: &Namespace, stores: &MeshStores) -> bool {
+    ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")
+        || stores.holds_resources(&ns.name_any())
+}
+
+async fn reconcile(ns: Arc<Namespace>, cx: Arc<MeshConfigContext>) -> Result<Action> {
+    let ctx = &cx.ctx;
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let name = ns.name_any();
+    if ns.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &name);
+    if !in_mesh(&ns, &cx.stores) {
+        // Left the mesh: take back what we gave it.
+        if config_maps
+            .get_opt(CONFIG_MAP)
+            .await?
+            .is_some_and(|cm| managed(&cm.metadata))
+        {
+            delete_ignoring_missing(&config_maps, CONFIG_MAP).await?;
+            delete_ignoring_missing(
+                &Api::<Role>::namespaced(ctx.client.clone(), &name),
+                READER_ROLE,
+            )
+            .await?;
+            delete_ignoring_missing(
+                &Api::<RoleBinding>::namespaced(ctx.client.clone(), &name),
+                READER_ROLE,
+            )
+            .await?;
+            info!(namespace = %name, "namespace left the mesh; removed its sidecar config");
+        }
+        return Ok(Action::await_change());
+    }
+
+    let mut render_ctx = RenderContext::new(&name);
+    render_ctx.trust_domain = ctx.config.trust_domain.clone();
+    render_ctx.cluster_domain = ctx.config.cluster_domain.clone();
+    render_ctx.mtls = ctx.config.mtls;
+    render_ctx.trust_bundle = ctx.ca.cert_pem().to_owned();
+    render_ctx.revoked_serials = cx.stores.revoked_serials();
+    let rendered = render_sidecar_config(&render_ctx, &cx.stores.resources(&name));
+    let json = rendered.config.to_pretty_json();
+    let hash = rendered.config.hash.clone().unwrap_or_default();
+    ctx.metrics
+        .config_bytes
+        .get_or_create(&crate::metrics::NamespaceLabel {
+            namespace: name.clone(),
+        })
+        .set(json.len() as i64);
+
+    let current = config_maps.get_opt(CONFIG_MAP).await?;
+    let current_hash = current
+        .as_ref()
+        .and_then(|cm| cm.annotations().get(HASH_ANNOTATION).cloned());
+    if current_hash.as_deref() == Some(hash.as_str()) {
+        return Ok(Action::requeue(Duration::from_secs(600)));
+    }
+
+    let owner = ns.controller_owner_ref(&()).expect("namespaces have a uid");
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.name_any()),
+        labels: Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into()),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    let mut cm_meta = meta(CONFIG_MAP);
+    cm_meta.annotations = Some([(HASH_ANNOTATION.to_owned(), hash.clone())].into());
+    let config_map = ConfigMap {
+        metadata: cm_meta,
+        data: Some([(CONFIG_KEY.to_owned(), json)].into()),
+        ..ConfigMap::default()
+    };
+    let role = Role {
+        metadata: meta(READER_ROLE),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![CONFIG_MAP.into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(READER_ROLE),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: READER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Group".into(),
+            name: format!("system:serviceaccounts:{name}"),
+            namespace: None,
+        }]),
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<Role>::namespaced(ctx.client.clone(), &name)
+        .patch(READER_ROLE, &pp, &Patch::Apply(&role))
+        .await?;
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), &name)
+        .patch(READER_ROLE, &pp, &Patch::Apply(&binding))
+        .await?;
+    config_maps
+        .patch(CONFIG_MAP, &pp, &Patch::Apply(&config_map))
+        .await?;
+    ctx.metrics.config_writes.inc();
+    for r in &rendered.rejected {
+        warn!(namespace = %name, "left out of the sidecar config: {r}");
+    }
+    info!(namespace = %name, %hash, "wrote sidecar config");
+    ctx.succeeded(&ObjectRef::from_obj(&*ns));
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+fn managed(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .map(String::as_str)
+        == Some(MANAGED_BY.1)
+}
+
+async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn error_policy(ns: Arc<Namespace>, err: &Error, cx: Arc<MeshConfigContext>) -> Action {
+    cx.ctx.reconcile_failed(CONTROLLER, &*ns, err)
+}
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
+/// Runs the controller until the process stops.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (templates, template_events) = cached(Api::<SidecarTemplate>::all(client.clone())).await;
+    let (routes, route_events) = cached(Api::<ServiceRoute>::all(client.clone())).await;
+    let (rate_limits, limit_events) = cached(Api::<RateLimitPolicy>::all(client.clone())).await;
+    let (certificates, cert_events) = cached(Api::<MeshCertificate>::all(client.clone())).await;
+
+    let controller = Controller::new(Api::<Namespace>::all(client.clone()), watch_config());
+    let namespaces = controller.store();
+    let stores = Arc::new(MeshStores {
+        namespaces: namespaces.clone(),
+        templates,
+        routes,
+        rate_limits,
+        certificates,
+    });
+    let all_namespaces = move || {
+        namespaces
+            .state()
+            .iter()
+            .map(|n| ObjectRef::new(&n.name_any()))
+            .collect::<Vec<_>>()
+    };
+    let all_for_routes = all_namespaces.clone();
+    let own = |ns: Option<String>| ns.map(|n| ObjectRef::<Namespace>::new(&n));
+
+    let managed_config_maps =
+        watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), managed_config_maps)
+        .watches_stream(
+            template_events,
+            move |t: SidecarTemplate| own(t.namespace()),
+        )
+        .watches_stream(limit_events, move |p: RateLimitPolicy| own(p.namespace()))
+        .watches_stream(route_events, move |r: ServiceRoute| {
+            // Its own namespace always: the namespace cache may not have seen
+            // a namespace created a moment before the route.
+            let mut out = vec![ObjectRef::new(&r.namespace().unwrap_or_default())];
+            if r.spec.export_to.iter().any(|e| e == "*") {
+                out.extend(all_for_routes());
+            } else {
+                out.extend(
+                    r.spec
+                        .export_to
+                        .iter()
+                        .filter(|e| *e != ".")
+                        .map(|e| ObjectRef::new(e)),
+                );
+            }
+            out
+        })
+        .watches_stream(cert_events, move |c: MeshCertificate| {
+            // A revocation must reach every sidecar.
+            if c.status
+                .as_ref()
+                .is_some_and(|s| !s.revoked_serials.is_empty())
+            {
+                all_namespaces()
+            } else {
+                own(c.namespace()).into_iter().collect()
+            }
+        })
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(MeshConfigContext { ctx, stores }),
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// A cache of every `K`, filled before this returns (rendering from a
+/// half-filled cache would write a wrong config), and the stream of changed
+/// objects that triggers re-renders. The cache is driven by a task of its
+/// own, so readiness never depends on the controller polling it.
+async fn cached<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let events = reflector::reflector(writer, watcher(api, watch_config()))
+            .default_backoff()
+            .touched_objects();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            if let Ok(obj) = event
+                && tx.send(obj).is_err()
+            {
+                break;
+            }
+        }
+    });
+    store
+        .wait_until_ready()
+        .await
+        .expect("the reflector task keeps its writer");
+    let changes = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|obj| (Ok(obj), rx))
+    });
+    (store, changes)
+}

@@ -1,0 +1,111 @@
+//! SidecarTemplates and RateLimitPolicies have no children of their own:
+//! their effect is the rendered config. This controller tells users whether
+//! each one was accepted, and why not.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use remora_api::{
+    FieldErrors,
+    crd::{CommonStatus, RateLimitPolicy, SidecarTemplate},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use super::{Context, Error, Result, condition, set_condition};
+
+/// What the two kinds share for this controller.
+pub trait PolicyResource:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const CONTROLLER: &'static str;
+    fn check(&self) -> Result<(), FieldErrors>;
+    fn status(&self) -> Option<&CommonStatus>;
+}
+
+impl PolicyResource for SidecarTemplate {
+    const CONTROLLER: &'static str = "sidecar_template";
+    fn check(&self) -> Result<(), FieldErrors> {
+        self.spec.validate()
+    }
+    fn status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl PolicyResource for RateLimitPolicy {
+    const CONTROLLER: &'static str = "rate_limit_policy";
+    fn check(&self) -> Result<(), FieldErrors> {
+        self.spec.validate()
+    }
+    fn status(&self) -> Option<&CommonStatus> {
+        self.status.as_ref()
+    }
+}
+
+async fn reconcile<K: PolicyResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(K::CONTROLLER);
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(obj.name_any()))?;
+    let generation = obj.meta().generation;
+    let mut status = obj.status().cloned().unwrap_or_default();
+    let (ok, reason, message) = match obj.check() {
+        Ok(()) => (
+            true,
+            "Accepted",
+            "rendered into the sidecar config of this namespace".to_owned(),
+        ),
+        Err(errs) => (
+            false,
+            "InvalidSpec",
+            format!("{} {ns}/{}: {errs}", K::kind(&()), obj.name_any()),
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        condition("Accepted", ok, reason, &message, generation),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition("Ready", ok, reason, &message, generation),
+    );
+    status.observed_generation = generation;
+    if obj.status() != Some(&status) {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await?;
+    }
+    ctx.succeeded(&ObjectRef::from_obj(&*obj));
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+fn error_policy<K: PolicyResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.reconcile_failed(K::CONTROLLER, &*obj, err)
+}
+
+pub async fn run<K: PolicyResource>(ctx: Arc<Context>) {
+    Controller::new(
+        Api::<K>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .run(reconcile::<K>, error_policy::<K>, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}
