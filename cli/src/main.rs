@@ -1,5 +1,6 @@
 //! `remoractl`: Remora's command-line tool.
 
+mod inject;
 mod manifests;
 
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
@@ -58,6 +59,22 @@ enum Command {
     },
     /// Print the JSON Schema of the sidecar config document.
     ConfigSchema,
+    /// Print manifests with the sidecar injected into every pod template (Pods,
+    /// Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs), as the
+    /// webhook would. SidecarTemplates in the inputs are used.
+    Inject {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Sidecar image when no SidecarTemplate applies.
+        #[arg(long, default_value = "ghcr.io/remora-mesh/remora-sidecar:0.1.0")]
+        default_image: String,
+        /// Namespace of manifests that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// The control plane's namespace (its default template applies everywhere).
+        #[arg(long, default_value = "remora-system")]
+        mesh_namespace: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +105,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => render(&files, namespace, trust_domain, mtls, trust_bundle),
         Command::Check { files } => check(&files),
         Command::Crds { out } => crds(out),
+        Command::Inject {
+            files,
+            default_image,
+            namespace,
+            mesh_namespace,
+        } => inject::inject(inject::InjectArgs {
+            files,
+            default_image,
+            namespace,
+            mesh_namespace,
+        }),
         Command::ConfigSchema => {
             println!(
                 "{}",
