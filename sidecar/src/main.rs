@@ -1,12 +1,16 @@
 //! `remora-sidecar`: Remora's data-plane proxy.
-//!
-//! This build validates configs (`check`) the way the proxy will load them;
-//! the proxy itself lands with the data-plane issue.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use remora_api::config::SidecarConfig;
+use remora_sidecar::{Options, Proxy, iptables::CaptureRules, ratelimit::read_pod_labels};
 
 #[derive(Parser)]
 #[command(name = "remora-sidecar", version, about = "Remora's data-plane proxy")]
@@ -21,6 +25,38 @@ enum Command {
     Check {
         #[arg(long, env = "REMORA_CONFIG")]
         config: PathBuf,
+    },
+    /// Run the proxy; the config file is watched and reloaded when it changes.
+    Run {
+        #[arg(long, env = "REMORA_CONFIG")]
+        config: PathBuf,
+        /// Downward-API labels file (`key="value"` lines); absent means no labels.
+        #[arg(long, env = "REMORA_POD_LABELS")]
+        pod_labels: Option<PathBuf>,
+    },
+    /// Wait until the proxy's admin `/ready` answers 200 (for postStart hooks).
+    WaitReady {
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        #[arg(long, default_value = "60s")]
+        timeout: remora_api::Duration,
+    },
+    /// Print (--dry-run) or apply the iptables rules for transparent capture.
+    InitIptables {
+        #[arg(long)]
+        proxy_uid: u32,
+        #[arg(long)]
+        inbound_port: u16,
+        #[arg(long)]
+        outbound_port: u16,
+        #[arg(long, value_delimiter = ',')]
+        exclude_inbound_ports: Vec<u16>,
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_ports: Vec<u16>,
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_cidrs: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -43,10 +79,149 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Run { config, pod_labels } => match run(&config, pod_labels.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("remora-sidecar: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::WaitReady { admin, timeout } => {
+            let deadline = Instant::now() + timeout.as_std();
+            loop {
+                if ready(admin) {
+                    println!("remora-sidecar at {admin} is ready");
+                    return ExitCode::SUCCESS;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("remora-sidecar at {admin} not ready after {timeout}");
+                    return ExitCode::FAILURE;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Command::InitIptables {
+            proxy_uid,
+            inbound_port,
+            outbound_port,
+            exclude_inbound_ports,
+            exclude_outbound_ports,
+            exclude_outbound_cidrs,
+            dry_run,
+        } => {
+            let rules = CaptureRules {
+                proxy_uid,
+                inbound_port,
+                outbound_port,
+                exclude_inbound_ports,
+                exclude_outbound_ports,
+                exclude_outbound_cidrs,
+            };
+            if let Err(e) = rules.validate() {
+                eprintln!("init-iptables: {e}");
+                return ExitCode::FAILURE;
+            }
+            if dry_run {
+                print!("{}", rules.render());
+                return ExitCode::SUCCESS;
+            }
+            match rules.apply() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("init-iptables: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<SidecarConfig> {
+fn load(path: &Path) -> anyhow::Result<SidecarConfig> {
     let bytes = std::fs::read(path)?;
     Ok(SidecarConfig::from_json(&bytes)?)
+}
+
+fn run(path: &Path, pod_labels: Option<&Path>) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.runtime.log_level));
+    // Logs go to stderr; stdout carries the access log.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let labels = match pod_labels {
+        Some(p) => read_pod_labels(p)?,
+        None => Default::default(),
+    };
+    // One worker: a current-thread runtime (one thread, no work stealing); the
+    // multi-thread scheduler with one worker measured no cheaper (bench/RESULTS.md).
+    // REMORA_RUNTIME=multi-thread forces the multi-thread scheduler even for
+    // one worker (bench/sidecar.sh compares the two).
+    let workers = config.runtime.worker_threads as usize;
+    let force_multi = std::env::var("REMORA_RUNTIME").is_ok_and(|v| v == "multi-thread");
+    let rt = if workers <= 1 && !force_multi {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        let drain_timeout = config.runtime.drain_timeout.as_std();
+        let opts = Options {
+            pod_labels: labels,
+            config_path: Some(path.to_path_buf()),
+            watch_interval: None,
+        };
+        let handle = Proxy::start(config, opts).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining for up to {drain_timeout:?}");
+        let left = handle.shutdown(drain_timeout).await;
+        if left > 0 {
+            tracing::warn!("{left} connections still open at the drain deadline");
+        } else {
+            tracing::info!("drained");
+        }
+        anyhow::Ok(())
+    })?;
+    // Connections still open at the deadline are cut by exiting.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One `GET /ready`; true on 200.
+fn ready(admin: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    buf[..n].starts_with(b"HTTP/1.1 200")
 }

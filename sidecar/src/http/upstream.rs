@@ -1,0 +1,344 @@
+//! The upstream half of an HTTP exchange: retries with a budget and a
+//! replayable body, per-try and route timeouts, upgrades, circuit breaking,
+//! balancing and outlier bookkeeping.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header::HOST};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use rand::Rng;
+use remora_api::config::RetryOn;
+
+use super::{
+    Downstream, Exchange, GRPC_STATUS, LocalReply, RespBody, empty, is_upgrade, strip_hop_by_hop,
+};
+use crate::{
+    balance::Outcome,
+    cluster::{Cluster, Target, UpstreamBody},
+    metrics::GaugeGuard,
+    replay::ReplayBody,
+    snapshot::{Retry, Route, hash_key},
+};
+
+enum TryResult {
+    Response(Response<Incoming>),
+    ConnectFailure(String),
+    Reset(String),
+    Timeout,
+}
+
+pub(super) async fn forward(
+    mut req: Request<Incoming>,
+    cluster: &Arc<Cluster>,
+    route: Option<&Route>,
+    conn: &Downstream,
+    ex: &mut Exchange,
+    grpc: bool,
+) -> Result<Response<RespBody>, LocalReply> {
+    let upgrading = is_upgrade(&req);
+    let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let h2 = cluster.wants_h2(conn.h2, grpc) && !upgrading;
+    ex.rec.upstream_protocol = if grpc {
+        "gRPC"
+    } else if h2 {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
+    let hash = cluster
+        .config
+        .load_balancer
+        .hash_on
+        .as_ref()
+        .and_then(|on| hash_key(on, &req, conn.peer));
+
+    let (mut parts, body) = req.into_parts();
+    if parts.headers.get(HOST).is_none()
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(HOST, v);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    if h2 {
+        // The authority goes upstream as the endpoint address (see docs/sidecar.md).
+        parts.headers.remove(HOST);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+
+    let retry = route.and_then(|r| r.retry.as_ref()).filter(|_| !upgrading);
+    let mut replay: Option<ReplayBody> = None;
+    let mut body = Some(body);
+    let budget = retry.map(|r| &r.budget);
+    if let Some(b) = budget {
+        b.requests_active.fetch_add(1, Ordering::Relaxed);
+    }
+    let _budget_guard = BudgetGuard(budget);
+
+    let attempt = async {
+        let mut tries = 0u32;
+        loop {
+            let upstream_body: UpstreamBody = match (body.take(), &replay) {
+                (Some(b), _) if retry.is_some() => {
+                    let r = ReplayBody::new(b);
+                    replay = Some(r.clone());
+                    r.boxed()
+                }
+                (Some(b), _) => b.map_err(Into::into).boxed(),
+                // Retries are only attempted when the body can be replayed.
+                (None, Some(r)) => match r.replay() {
+                    Some(again) => again.boxed(),
+                    None => empty(),
+                },
+                (None, None) => empty(),
+            };
+            let mut up = Request::new(upstream_body);
+            *up.method_mut() = parts.method.clone();
+            *up.headers_mut() = parts.headers.clone();
+            *up.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let (result, target) = try_once(cluster, up, &path, hash, conn, h2, per_try).await?;
+            if ex.logging {
+                ex.rec.upstream_address = target.map(|t| t.to_string()).unwrap_or_default();
+            }
+
+            let retriable = match (&result, retry) {
+                (_, None) => false,
+                (TryResult::Response(r), Some(p)) => {
+                    let gs = r
+                        .headers()
+                        .get(&GRPC_STATUS)
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    p.retriable_status(r.status().as_u16(), gs)
+                }
+                (TryResult::ConnectFailure(_), Some(p)) => {
+                    p.on(RetryOn::ConnectFailure)
+                        || p.on(RetryOn::FiveXx)
+                        || p.on(RetryOn::GatewayError)
+                }
+                (TryResult::Reset(_), Some(p)) => p.on(RetryOn::Reset) || p.on(RetryOn::FiveXx),
+                (TryResult::Timeout, Some(p)) => {
+                    p.on(RetryOn::FiveXx) || p.on(RetryOn::GatewayError) || p.on(RetryOn::Reset)
+                }
+            };
+            let can_retry = retriable
+                && retry.is_some_and(|p| tries < p.attempts)
+                && replay.as_ref().is_some_and(|r| r.replay().is_some());
+            if can_retry {
+                let p: &Retry = retry.expect("checked");
+                if p.budget.try_acquire() {
+                    tries += 1;
+                    ex.rec.retries = tries;
+                    cluster.metrics.request_retry.inc();
+                    let cap = p.backoff.saturating_mul(1 << (tries - 1).min(6));
+                    let jitter = rand::rng().random_range(0..=cap.as_millis() as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    p.budget.release();
+                    continue;
+                }
+                cluster.metrics.request_retry_overflow.inc();
+            }
+            let flagged = |status, flag: &'static str, msg: String| {
+                let mut r = LocalReply::new(status, flag, msg);
+                if tries > 0 {
+                    r.flag = "URX";
+                }
+                r
+            };
+            return match result {
+                TryResult::Response(r) => Ok(r),
+                TryResult::ConnectFailure(e) => Err(flagged(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UF",
+                    format!("upstream connect error: {e}"),
+                )),
+                TryResult::Reset(e) => Err(flagged(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UC",
+                    format!("upstream reset before response: {e}"),
+                )),
+                TryResult::Timeout => Err(flagged(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream per-try timeout".into(),
+                )),
+            };
+        }
+    };
+    let upstream_start = Instant::now();
+    let result = match route.and_then(|r| r.timeout) {
+        Some(t) => match tokio::time::timeout(t, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.metrics.request_timeout.inc();
+                Err(LocalReply::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                ))
+            }
+        },
+        None => attempt.await,
+    };
+    ex.upstream_time = upstream_start.elapsed();
+    let mut resp = result?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = downstream_upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let mut d = hyper_util::rt::TokioIo::new(d);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                Err(e) => tracing::debug!("upgrade failed: {e}"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, empty()));
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
+}
+
+struct BudgetGuard<'a>(Option<&'a crate::snapshot::RetryBudget>);
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.requests_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One try against one endpoint: circuit breaker, balancing, the pooled
+/// request, and outlier bookkeeping.
+async fn try_once(
+    cluster: &Arc<Cluster>,
+    mut req: Request<UpstreamBody>,
+    path: &str,
+    hash: Option<u64>,
+    conn: &Downstream,
+    h2: bool,
+    per_try: Option<Duration>,
+) -> Result<(TryResult, Option<SocketAddr>), LocalReply> {
+    let m = &cluster.metrics;
+    if m.request_active.get() >= cluster.max_in_flight {
+        m.request_pending_overflow.inc();
+        return Err(LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UO",
+            format!("cluster {} is over its request limit", cluster.name),
+        ));
+    }
+    let Some(target) = cluster.pick(hash, conn.original_dst) else {
+        return Err(LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UH",
+            format!("cluster {} has no healthy endpoint", cluster.name),
+        ));
+    };
+    let addr = target.addr();
+    if addr == conn.local {
+        // An original-destination or local-app cluster on a connection that
+        // was not redirected would send the request back to this listener.
+        return Err(LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            "LOOP",
+            format!(
+                "cluster {} resolves to this listener ({addr}); was the connection redirected?",
+                cluster.name
+            ),
+        ));
+    }
+    *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).map_err(|e| {
+        LocalReply::new(
+            StatusCode::BAD_REQUEST,
+            "DPE",
+            format!("bad request path: {e}"),
+        )
+    })?;
+    let _ep_active = EndpointActive::new(&target);
+    m.request_total.inc();
+    let _active: GaugeGuard = m.request_active.track();
+    let start = Instant::now();
+    let fut = cluster.client(h2).request(req);
+    let result = match per_try {
+        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+        None => Some(fut.await),
+    };
+    m.request_duration_time_total
+        .add(start.elapsed().as_nanos() as u64);
+    let (result, outcome) = match result {
+        None => {
+            m.request_timeout.inc();
+            (TryResult::Timeout, Outcome::ServerError)
+        }
+        Some(Ok(r)) => {
+            let o = if r.status().is_server_error() {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            };
+            (TryResult::Response(r), o)
+        }
+        Some(Err(e)) if e.is_connect() => (
+            TryResult::ConnectFailure(error_chain(&e)),
+            Outcome::ConnectFailure,
+        ),
+        Some(Err(e)) => (TryResult::Reset(error_chain(&e)), Outcome::ServerError),
+    };
+    if let (Target::Endpoint(ep), Some(b)) = (&target, cluster.balancer()) {
+        b.record(ep, outcome);
+    }
+    Ok((result, Some(addr)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct EndpointActive(Option<Arc<crate::balance::Endpoint>>);
+
+impl EndpointActive {
+    fn new(t: &Target) -> Self {
+        match t {
+            Target::Endpoint(e) => {
+                e.active.fetch_add(1, Ordering::Relaxed);
+                Self(Some(e.clone()))
+            }
+            Target::Addr(_) => Self(None),
+        }
+    }
+}
+
+impl Drop for EndpointActive {
+    fn drop(&mut self) {
+        if let Some(e) = &self.0 {
+            e.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Remora's data-plane proxy, in MOSN's layers:
+//!
+//! - network: [`listener`] accepts, reads `SO_ORIGINAL_DST`, detects the protocol;
+//! - codec: [`codec::Codec`] implementations (HTTP/1.1, HTTP/2, opaque TCP);
+//! - stream/proxy: [`http`] (filters, routing, retries, timeouts) and [`tcp`];
+//! - upstream: [`cluster`] (pools, endpoints, DNS) and [`balance`] (LB, outliers).
+//!
+//! A config is compiled once into a [`snapshot::Snapshot`] and swapped
+//! atomically on reload; requests take a cheap snapshot and never lock.
+
+pub mod access_log;
+pub mod admin;
+pub mod balance;
+pub mod cluster;
+pub mod codec;
+pub mod http;
+pub mod iptables;
+pub mod listener;
+pub mod matching;
+pub mod metrics;
+mod proxy;
+pub mod ratelimit;
+pub mod replay;
+pub mod snapshot;
+pub mod tcp;
+
+pub use proxy::{Options, Proxy, ProxyHandle, Shared};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("invalid sidecar config: {0}")]
+    Load(#[from] remora_api::config::ConfigError),
+    #[error("cannot listen on {addr} (listener {listener}): {source}")]
+    Bind {
+        listener: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream connect failed: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config(_) | Error::Load(_) => "config",
+            Error::Bind { .. } => "bind",
+            Error::Connect(_) => "connect",
+            Error::Io(_) => "io",
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Network layer: accept, find the original destination, detect the protocol
+//! and hand the connection to its codec.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Duration,
+};
+
+use remora_api::config::ListenerProtocol;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use crate::{
+    codec::{self, Codec},
+    http::Downstream,
+    proxy::Shared,
+};
+
+/// How long to wait for a client's first bytes before treating the
+/// connection as opaque TCP (server-first protocols such as MySQL send nothing).
+pub const DETECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+pub async fn accept_loop(
+    socket: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut drain = shared.drain.subscribe();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::proxy::until_true(&mut stop) => break,
+            _ = crate::proxy::until_true(&mut drain) => break,
+        };
+        let shared = shared.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            serve_connection(stream, peer, name, shared).await;
+        });
+    }
+    tracing::info!(listener = %name, "stopped accepting");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: String,
+    shared: Arc<Shared>,
+) {
+    let _tracked = shared.track_connection();
+    let Some(policy) = shared.snapshot.load().listeners.get(&listener).cloned() else {
+        return;
+    };
+    policy.metrics.connection_total.inc();
+    let _active = policy.metrics.connection_active.track();
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let original = if policy.transparent {
+        original_dst(&stream).unwrap_or(local)
+    } else {
+        local
+    };
+    let codecs: &[&dyn Codec] = match policy.protocol {
+        ListenerProtocol::Tcp => &[],
+        ListenerProtocol::Http1 => &[&codec::Http1],
+        ListenerProtocol::Http2 => &[&codec::Http2],
+        ListenerProtocol::Auto => &[&codec::Http2, &codec::Http1],
+    };
+    let codec: &dyn Codec = if codecs.is_empty() || policy.opaque_ports.contains(&original.port()) {
+        &codec::Tcp
+    } else if codecs.len() == 1 {
+        codecs[0]
+    } else {
+        detect(&stream, codecs).await
+    };
+    let conn = Arc::new(Downstream {
+        shared: shared.clone(),
+        listener,
+        peer,
+        original_dst: original,
+        local,
+        h2: codec.name() == "HTTP/2",
+        protocol: codec.name(),
+    });
+    drop(policy);
+    codec.serve(stream, conn, shared.drain.subscribe()).await;
+}
+
+async fn detect<'a>(stream: &TcpStream, codecs: &'a [&'a dyn Codec]) -> &'a dyn Codec {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + DETECT_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return &codec::Tcp,
+        };
+        let complete = n == 0 || tokio::time::Instant::now() >= deadline;
+        if let Some(c) = codec::choose(codecs, &buf[..n], complete) {
+            return c;
+        }
+        // More bytes are on their way; peek returns at once, so pace it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+const SO_ORIGINAL_DST: libc::c_int = 80;
+const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// The destination an iptables REDIRECT rewrote, or `None` when the
+/// connection was not redirected (or this is not Linux netfilter).
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let fd = stream.as_raw_fd();
+    let local = stream.local_addr().ok()?;
+    let addr = if local.is_ipv4() {
+        // SAFETY: a zeroed sockaddr_in is valid; getsockopt writes at most `len` bytes.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_IP,
+                SO_ORIGINAL_DST,
+                (&raw mut sa).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        SocketAddr::V4(SocketAddrV4::new(
+            u32::from_be(sa.sin_addr.s_addr).into(),
+            u16::from_be(sa.sin_port),
+        ))
+    } else {
+        // SAFETY: as above, for sockaddr_in6.
+        let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_IPV6,
+                IP6T_SO_ORIGINAL_DST,
+                (&raw mut sa).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        SocketAddr::V6(SocketAddrV6::new(
+            sa.sin6_addr.s6_addr.into(),
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        ))
+    };
+    (addr != local).then_some(addr)
+}

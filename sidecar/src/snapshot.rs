@@ -1,0 +1,410 @@
+//! A config compiled into the typed structures the hot path reads: route
+//! tables indexed by authority and port, clusters by name, per-listener
+//! policy. One `Snapshot` per config version, swapped atomically on reload.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::StatusCode;
+use remora_api::config::{
+    self, Direction, HashOn, Labels, ListenerProtocol, Protocol, RetryOn, RouteAction,
+    SidecarConfig, selector_matches,
+};
+
+use crate::{
+    Error,
+    cluster::Cluster,
+    matching::{HeaderEditor, RequestMatcher, header_name},
+    metrics::{ListenerMetrics, Registry},
+    ratelimit::RateLimiter,
+};
+
+pub struct Snapshot {
+    pub config: Arc<SidecarConfig>,
+    /// `/config_dump`.
+    pub json: Bytes,
+    pub tables: Vec<Arc<RouteTable>>,
+    by_authority: HashMap<String, usize>,
+    by_port: HashMap<u16, usize>,
+    catch_all: Option<usize>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub listeners: HashMap<String, Arc<ListenerPolicy>>,
+    pub start_traces: bool,
+}
+
+pub struct ListenerPolicy {
+    pub name: String,
+    pub direction: Direction,
+    pub transparent: bool,
+    pub protocol: ListenerProtocol,
+    pub opaque_ports: Vec<u16>,
+    pub default_cluster: Option<Arc<Cluster>>,
+    /// Inbound only: the limits whose pod selector matches this pod.
+    pub rate_limits: Vec<Arc<RateLimiter>>,
+    pub metrics: ListenerMetrics,
+}
+
+pub struct RouteTable {
+    pub name: String,
+    pub protocol: Protocol,
+    pub routes: Vec<Route>,
+}
+
+pub struct Route {
+    pub name: String,
+    pub matcher: RequestMatcher,
+    pub action: Action,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Arc<Retry>>,
+    pub fault: Option<config::Fault>,
+    pub request_headers: HeaderEditor,
+    pub response_headers: HeaderEditor,
+}
+
+pub enum Action {
+    /// Clusters with cumulative weights (0..100).
+    Clusters(Vec<(Arc<Cluster>, u32)>),
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+impl Action {
+    /// Weighted choice: `roll` is uniform in 0..100.
+    pub fn choose(&self, roll: u32) -> Option<&Arc<Cluster>> {
+        match self {
+            Action::Clusters(cs) => cs
+                .iter()
+                .find(|(_, upto)| roll < *upto)
+                .or(cs.last())
+                .map(|(c, _)| c),
+            Action::Direct { .. } => None,
+        }
+    }
+}
+
+pub struct Retry {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: Vec<RetryOn>,
+    pub backoff: Duration,
+    pub budget: RetryBudget,
+}
+
+impl Retry {
+    pub fn on(&self, r: RetryOn) -> bool {
+        self.on.contains(&r)
+    }
+
+    /// Whether a response status (or trailers-only gRPC status) is retriable.
+    pub fn retriable_status(&self, status: u16, grpc_status: Option<u32>) -> bool {
+        (self.on(RetryOn::FiveXx) && status >= 500)
+            || (self.on(RetryOn::GatewayError) && matches!(status, 502..=504))
+            || grpc_status.is_some_and(|code| {
+                let r = match code {
+                    1 => RetryOn::Cancelled,
+                    4 => RetryOn::DeadlineExceeded,
+                    8 => RetryOn::ResourceExhausted,
+                    13 => RetryOn::Internal,
+                    14 => RetryOn::Unavailable,
+                    _ => return false,
+                };
+                self.on(r)
+            })
+    }
+}
+
+/// Retries may add at most `percent` of the requests in flight on the route,
+/// but `min_per_second` are always allowed, so retries cannot multiply load
+/// during an outage (linkerd's and Envoy's retry budget).
+pub struct RetryBudget {
+    percent: u64,
+    min_per_second: u64,
+    pub requests_active: AtomicU64,
+    pub retries_active: AtomicU64,
+    // (second, retries granted in that second by the minimum).
+    window: Mutex<(u64, u64)>,
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32, min_per_second: u32) -> Self {
+        Self {
+            percent: percent.into(),
+            min_per_second: min_per_second.into(),
+            requests_active: AtomicU64::new(0),
+            retries_active: AtomicU64::new(0),
+            window: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Takes a retry slot; release it with [`RetryBudget::release`].
+    pub fn try_acquire(&self) -> bool {
+        self.try_acquire_at(crate::balance::now_ms() / 1000)
+    }
+
+    fn try_acquire_at(&self, sec: u64) -> bool {
+        let requests = self.requests_active.load(Ordering::Relaxed);
+        let retries = self.retries_active.load(Ordering::Relaxed);
+        let by_share = (retries + 1) * 100 <= requests * self.percent;
+        let ok = by_share || {
+            let mut w = self.window.lock().expect("budget lock");
+            if w.0 != sec {
+                *w = (sec, 0);
+            }
+            if w.1 < self.min_per_second {
+                w.1 += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if ok {
+            self.retries_active.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    pub fn release(&self) {
+        self.retries_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a cluster's consistent-hash key is taken from a request.
+pub fn hash_key<B>(on: &HashOn, req: &http::Request<B>, peer: std::net::SocketAddr) -> Option<u64> {
+    use crate::balance::hash_bytes;
+    match on {
+        HashOn::Header(h) => req
+            .headers()
+            .get(h.as_str())
+            .map(|v| hash_bytes(v.as_bytes())),
+        HashOn::Cookie(name) => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashOn::SourceIp => Some(hash_bytes(peer.ip().to_string().as_bytes())),
+    }
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `previous` donates clusters and rate
+    /// limiters whose config did not change, so pools, endpoint state, DNS
+    /// tasks and buckets survive a reload.
+    pub fn compile(
+        config: SidecarConfig,
+        previous: Option<&Snapshot>,
+        reg: &Registry,
+        pod_labels: &Labels,
+    ) -> Result<Self, Error> {
+        let mut clusters = HashMap::new();
+        for c in &config.clusters {
+            let reused = previous
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.config == *c)
+                .cloned();
+            clusters.insert(
+                c.name.clone(),
+                reused.unwrap_or_else(|| Cluster::new(c, reg)),
+            );
+        }
+        let cluster = |name: &str| {
+            clusters
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::Config(format!("cluster {name:?} is not defined")))
+        };
+
+        let mut tables = Vec::new();
+        let mut by_authority = HashMap::new();
+        let mut by_port = HashMap::new();
+        let mut catch_all = None;
+        for (i, t) in config.routes.iter().enumerate() {
+            let mut routes = Vec::new();
+            for r in &t.routes {
+                let action = match &r.action {
+                    RouteAction::Clusters(wcs) => {
+                        let mut upto = 0;
+                        let mut cs = Vec::new();
+                        for wc in wcs {
+                            upto += wc.weight;
+                            cs.push((cluster(&wc.cluster)?, upto));
+                        }
+                        Action::Clusters(cs)
+                    }
+                    RouteAction::Direct(d) => Action::Direct {
+                        status: StatusCode::from_u16(d.status)
+                            .map_err(|e| Error::Config(format!("route {}: {e}", r.name)))?,
+                        body: Bytes::from(d.body.clone()),
+                    },
+                };
+                routes.push(Route {
+                    name: r.name.clone(),
+                    matcher: RequestMatcher::compile(&r.matches)?,
+                    action,
+                    timeout: r.timeout.map(|d| d.as_std()),
+                    retry: r.retry.as_ref().filter(|p| p.attempts > 0).map(|p| {
+                        Arc::new(Retry {
+                            attempts: p.attempts,
+                            per_try_timeout: p.per_try_timeout.map(|d| d.as_std()),
+                            on: p.retry_on.clone(),
+                            backoff: p.backoff.as_std(),
+                            budget: RetryBudget::new(p.budget_percent, p.min_retries_per_second),
+                        })
+                    }),
+                    fault: r.fault.clone(),
+                    request_headers: HeaderEditor::compile(&r.request_headers)?,
+                    response_headers: HeaderEditor::compile(&r.response_headers)?,
+                });
+            }
+            for d in &t.domains {
+                if d == "*" {
+                    catch_all.get_or_insert(i);
+                } else {
+                    by_authority.entry(d.to_ascii_lowercase()).or_insert(i);
+                }
+            }
+            if let Some(p) = t.port {
+                by_port.entry(p).or_insert(i);
+            }
+            tables.push(Arc::new(RouteTable {
+                name: t.name.clone(),
+                protocol: t.protocol,
+                routes,
+            }));
+        }
+
+        let mut limiters = Vec::new();
+        for rl in &config.rate_limits {
+            if !selector_matches(&rl.pod_selector, pod_labels) {
+                continue;
+            }
+            let reused = previous
+                .into_iter()
+                .flat_map(|p| p.listeners.values())
+                .flat_map(|l| l.rate_limits.iter())
+                .find(|old| old.config == *rl)
+                .cloned();
+            match reused {
+                Some(r) => limiters.push(r),
+                None => {
+                    if let Some(r) = RateLimiter::compile(rl, reg)? {
+                        limiters.push(Arc::new(r));
+                    }
+                }
+            }
+        }
+
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerPolicy {
+                    name: l.name.clone(),
+                    direction: l.direction,
+                    transparent: l.transparent,
+                    protocol: l.protocol,
+                    opaque_ports: l.opaque_ports.clone(),
+                    default_cluster: l.default_cluster.as_deref().map(cluster).transpose()?,
+                    rate_limits: if l.direction == Direction::Inbound {
+                        limiters.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    metrics: ListenerMetrics::new(reg, &l.name),
+                }),
+            );
+        }
+        // Validate header names used for hashing now, not per request.
+        for c in &config.clusters {
+            if let Some(HashOn::Header(h)) = &c.load_balancer.hash_on {
+                header_name(h)?;
+            }
+        }
+
+        let json = Bytes::from(config.to_pretty_json());
+        Ok(Self {
+            start_traces: config.tracing.start_traces,
+            config: Arc::new(config),
+            json,
+            tables,
+            by_authority,
+            by_port,
+            catch_all,
+            clusters,
+            listeners,
+        })
+    }
+
+    /// The route table for an authority (`host` or `host:port`), or, for
+    /// transparent traffic, the original destination port.
+    pub fn table(&self, authority: Option<&str>, port: Option<u16>) -> Option<&Arc<RouteTable>> {
+        let by_name = authority.and_then(|a| {
+            let a = a.to_ascii_lowercase();
+            self.by_authority
+                .get(&a)
+                .or_else(|| self.by_authority.get(strip_port(&a)))
+                .copied()
+        });
+        by_name
+            .or_else(|| port.and_then(|p| self.by_port.get(&p).copied()))
+            .or(self.catch_all)
+            .map(|i| &self.tables[i])
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn strip_port(a: &str) -> &str {
+    match a.rfind(':') {
+        Some(i)
+            if a[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && (!a.starts_with('[') || a[..i].ends_with(']')) =>
+        {
+            &a[..i]
+        }
+        _ => a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("reviews:9080"), "reviews");
+        assert_eq!(strip_port("reviews"), "reviews");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn retry_budget_allows_share_and_minimum() {
+        let b = RetryBudget::new(20, 2);
+        b.requests_active.store(10, Ordering::Relaxed);
+        // 20% of 10 = 2 by share, then 2 from the per-second minimum.
+        let granted = (0..10).filter(|_| b.try_acquire_at(7)).count();
+        assert_eq!(granted, 4);
+        b.release();
+        assert!(
+            !b.try_acquire_at(7),
+            "3 active retries already exceed 20% of 10"
+        );
+        assert!(b.try_acquire_at(8), "a new second refills the minimum");
+        for _ in 0..4 {
+            b.release();
+        }
+        assert!(b.try_acquire_at(8), "share slots free up as retries finish");
+    }
+}
