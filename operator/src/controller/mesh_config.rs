@@ -278,7 +278,14 @@ pub async fn run(ctx: Arc<Context>) {
     let managed_config_maps =
         watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     controller
-        .owns(Api::<ConfigMap>::all(client.clone()), managed_config_maps)
+        // Not `owns`: it would key the owner Namespace by the ConfigMap's
+        // namespace, a second key for the same Namespace, and two reconciles
+        // of one namespace could then run at once.
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            managed_config_maps,
+            move |cm: ConfigMap| own(cm.namespace()),
+        )
         .watches_stream(
             template_events,
             move |t: SidecarTemplate| own(t.namespace()),
