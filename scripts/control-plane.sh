@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from the Go module proxy, once, into
+# Builds kube-apiserver, etcd and kube-controller-manager from the Go module
+# proxy, once, into
 # ~/.cache/remora/bin/k8s-<version>/, and prints that directory.
 # Idempotent: a second run finds the binaries and does nothing. Offline after
 # the first run (the Go module and build caches live under ~/.cache/remora/go).
@@ -12,7 +13,7 @@ out=$cache/bin/k8s-$K8S_VERSION
 
 say() { printf 'control-plane: %s\n' "$*" >&2; }
 
-if [[ -x $out/kube-apiserver && -x $out/etcd ]]; then
+if [[ -x $out/kube-apiserver && -x $out/etcd && -x $out/kube-controller-manager ]]; then
   echo "$out"
   exit 0
 fi
@@ -35,7 +36,7 @@ ldflags="-s -w \
   -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
 
 cd "$here/e2e/envtest"
-for bin in etcd kube-apiserver; do
+for bin in etcd kube-apiserver kube-controller-manager; do
   if [[ -x $out/$bin ]]; then continue; fi
   say "building $bin for Kubernetes $K8S_VERSION (first run only; several minutes on 2 cores)"
   start=$SECONDS

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Secret, Service},
@@ -148,10 +150,24 @@ async fn mesh_namespace_gets_config_rbac_and_subset_services() {
     .await;
     assert!(services.get_opt("reviews-v1").await.unwrap().is_some());
 
-    // Deleting the route takes it out of the config.
+    // Deleting the route takes it out of the config, and the garbage collector
+    // (kube-controller-manager in the testkit) removes its subset Services.
     cp.kubectl_ok(["delete", "serviceroute", "reviews", "-n", name])
         .await
         .unwrap();
+    // The collector learns new kinds from discovery every 30 s.
+    eventually_within(
+        Duration::from_secs(90),
+        "subset Services collected",
+        || async {
+            let left = services.list(&Default::default()).await.ok()?;
+            left.items
+                .iter()
+                .all(|s| !s.name_any().starts_with("reviews-"))
+                .then_some(())
+        },
+    )
+    .await;
     eventually("route gone from the config", || async {
         sidecar_config(&config_maps)
             .await
@@ -389,4 +405,56 @@ spec:
         current.serial, revoked,
         "the Secret holds a fresh certificate"
     );
+}
+
+#[tokio::test]
+async fn templates_report_their_status() {
+    require_control_plane!();
+    let cp = setup().await;
+    let ns = cp.namespace("templates").await.unwrap();
+    apply(
+        cp,
+        ns.name(),
+        r#"
+apiVersion: mesh.remora.dev/v1alpha1
+kind: SidecarTemplate
+metadata: {name: strict}
+spec:
+  image: remora-sidecar:dev
+  excludeInboundPorts: [15000]
+"#,
+    )
+    .await;
+    let templates: Api<remora_api::crd::SidecarTemplate> = ns.api();
+    let message = eventually("InvalidSpec on the template", || async {
+        let s = templates.get("strict").await.ok()?.status?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Accepted" && c.status == "False")
+            .map(|c| c.message)
+    })
+    .await;
+    assert!(
+        message.contains("spec.excludeInboundPorts[0]: 15000 is one of the sidecar's own ports"),
+        "{message}"
+    );
+
+    templates
+        .patch(
+            "strict",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"excludeInboundPorts": [9901]}})),
+        )
+        .await
+        .unwrap();
+    eventually("Accepted after the fix", || async {
+        let t = templates.get("strict").await.ok()?;
+        let s = t.status?;
+        (s.observed_generation == t.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
 }

@@ -11,6 +11,7 @@ pub(crate) const BIN_DIR_ENV: &str = "REMORA_CONTROL_PLANE_BIN";
 pub(crate) struct Binaries {
     pub kube_apiserver: PathBuf,
     pub etcd: PathBuf,
+    pub kube_controller_manager: PathBuf,
 }
 
 /// The repository root: the parent of this crate's directory.
@@ -101,9 +102,14 @@ fn in_dir(dir: &Path) -> Result<Binaries, &'static str> {
     if !is_executable(&etcd) {
         return Err("etcd");
     }
+    let kube_controller_manager = dir.join("kube-controller-manager");
+    if !is_executable(&kube_controller_manager) {
+        return Err("kube-controller-manager");
+    }
     Ok(Binaries {
         kube_apiserver,
         etcd,
+        kube_controller_manager,
     })
 }
 

@@ -32,8 +32,10 @@ static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
 /// A running etcd and kube-apiserver on 127.0.0.1, with an admin client certificate
 /// (user `remora-test`, group `system:masters`).
 ///
-/// There is no kubelet, scheduler or controller-manager: pods are stored but never run,
-/// and deleted namespaces stay `Terminating`. Each test works in its own namespace.
+/// kube-controller-manager runs only its garbage collector and namespace controllers,
+/// so owner references and namespace deletion behave as on a cluster. There is no
+/// kubelet or scheduler: pods are stored but never run. Each test works in its own
+/// namespace.
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: PathBuf,
@@ -44,6 +46,8 @@ pub struct ControlPlane {
     startup_time: Duration,
     etcd: ManagedProcess,
     apiserver: ManagedProcess,
+    // Held for the life of the control plane; the process is killed at exit.
+    _controller_manager: Option<ManagedProcess>,
 }
 
 /// A fresh namespace, and a client to work in it.
@@ -300,10 +304,40 @@ impl ControlPlane {
             startup_time: Duration::ZERO,
             etcd,
             apiserver,
+            _controller_manager: None,
         };
         cp.wait_until_ready()?;
+
+        // Garbage collection (owner references) and namespace deletion, as on a cluster.
+        let mut kcm = Command::new(&binaries.kube_controller_manager);
+        kcm.args([
+            format!("--kubeconfig={}", cp.kubeconfig_path.display()),
+            format!(
+                "--authentication-kubeconfig={}",
+                cp.kubeconfig_path.display()
+            ),
+            format!(
+                "--authorization-kubeconfig={}",
+                cp.kubeconfig_path.display()
+            ),
+            "--controllers=garbagecollector,namespace".to_string(),
+            "--leader-elect=false".to_string(),
+            "--secure-port=0".to_string(),
+        ]);
+        let controller_manager = process::spawn(
+            "kube-controller-manager",
+            kcm,
+            &dir.join("kube-controller-manager.log"),
+        )
+        .map_err(|e| {
+            fail(
+                &format!("starting {}", binaries.kube_controller_manager.display()),
+                &e,
+            )
+        })?;
         Ok(ControlPlane {
             startup_time: began.elapsed(),
+            _controller_manager: Some(controller_manager),
             ..cp
         })
     }

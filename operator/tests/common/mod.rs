@@ -52,12 +52,22 @@ pub async fn setup() -> &'static ControlPlane {
 }
 
 /// Polls `check` until it returns Some, for up to 30 s.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    for _ in 0..150 {
+    eventually_within(Duration::from_secs(30), what, check).await
+}
+
+/// Polls `check` every 200 ms until it returns Some, for up to `limit`.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if let Some(v) = check().await {
             return v;
         }
