@@ -68,15 +68,34 @@ impl Codec for Http2 {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new());
             let c = b.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => { if let Err(e) = r { tracing::debug!("h2 connection: {e}"); } }
-                _ = crate::proxy::until_true(&mut drain) => {
-                    c.as_mut().graceful_shutdown();
-                    let _ = c.await;
-                }
-            }
+            serve_until_drained(c, |c| c.graceful_shutdown(), &mut drain, "h2").await;
         })
+    }
+}
+
+/// Drives a hyper connection to its end, or, once draining starts, asks it to
+/// finish its in-flight requests and close. (HTTP/1 with upgrades and HTTP/2
+/// connections share no trait for this, hence the `shutdown` function.)
+async fn serve_until_drained<C, E>(
+    conn: C,
+    shutdown: fn(Pin<&mut C>),
+    drain: &mut watch::Receiver<bool>,
+    protocol: &str,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("{protocol} connection: {e}");
+            }
+        }
+        _ = crate::proxy::until_true(drain) => {
+            shutdown(conn.as_mut());
+            let _ = conn.await;
+        }
     }
 }
 
@@ -114,14 +133,7 @@ impl Codec for Http1 {
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => { if let Err(e) = r { tracing::debug!("h1 connection: {e}"); } }
-                _ = crate::proxy::until_true(&mut drain) => {
-                    c.as_mut().graceful_shutdown();
-                    let _ = c.await;
-                }
-            }
+            serve_until_drained(c, |c| c.graceful_shutdown(), &mut drain, "h1").await;
         })
     }
 }
