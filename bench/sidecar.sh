@@ -3,7 +3,8 @@
 # (16 connections, 1 KiB request and response bodies) at each RATE, straight
 # to the origin and through two proxies (client side + server side) of each
 # kind: remora-sidecar (current-thread runtime, and multi-thread with one
-# worker as `remora-mt1`), nginx, HAProxy (one worker/thread each), and a tokio
+# worker as `remora-mt1`), remora-sidecar with mesh mTLS between the two hops
+# (`remora-mtls`), nginx, HAProxy (one worker/thread each), and a tokio
 # copy_bidirectional L4 proxy as the floor. Prints a Markdown table (also saved to
 # target/bench/sidecar-results.md).
 #
@@ -18,7 +19,7 @@ OHA=$(bench/install-tools.sh | tail -1)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build -q --release -p remora-sidecar --bin remora-sidecar --example l4proxy
+cargo build -q --release -p remora-sidecar --bin remora-sidecar --example l4proxy --example mesh_certs
 SIDECAR=target/release/remora-sidecar
 L4=target/release/examples/l4proxy
 
@@ -96,6 +97,37 @@ JSON
   env "${@:5}" "$SIDECAR" run --config "$WORK/$1.json" & PIDS+=($!)
 }
 
+# Two sidecars with strict mTLS between them: A (outbound, cluster in mesh TLS
+# mode) -> B (inbound listener, strict) -> origin.
+target/release/examples/mesh_certs "$WORK/certs" client server
+tls_json() { # sa mode
+  echo "{ \"mode\": \"$2\", \"certFile\": \"$WORK/certs/$1/tls.crt\", \"keyFile\": \"$WORK/certs/$1/tls.key\", \"caFile\": \"$WORK/certs/$1/ca.crt\" }"
+}
+cat > "$WORK/remora-mtls-a.json" <<JSON
+{ "version": 1,
+  "listeners": [{ "name": "out", "direction": "outbound", "address": "127.0.0.1:19021" }],
+  "admin": { "address": "127.0.0.1:19023" },
+  "routes": [{ "name": "all", "domains": ["*"], "routes": [
+    { "name": "all", "action": { "clusters": [{ "cluster": "next", "weight": 100 }] } }] }],
+  "clusters": [{ "name": "next", "endpoints": { "static": [{ "address": "127.0.0.1:19022" }] },
+                 "tls": { "mode": "mesh", "identity": "spiffe://cluster.local/ns/bench/sa/server" } }],
+  "tls": $(tls_json client disabled),
+  "accessLog": { "enabled": false },
+  "runtime": { "workerThreads": 1, "logLevel": "warn" } }
+JSON
+cat > "$WORK/remora-mtls-b.json" <<JSON
+{ "version": 1,
+  "listeners": [{ "name": "in", "direction": "inbound", "address": "127.0.0.1:19022", "defaultCluster": "app" }],
+  "admin": { "address": "127.0.0.1:19024" },
+  "routes": [],
+  "clusters": [{ "name": "app", "endpoints": { "static": [{ "address": "127.0.0.1:18080" }] } }],
+  "tls": $(tls_json server strict),
+  "accessLog": { "enabled": false },
+  "runtime": { "workerThreads": 1, "logLevel": "warn" } }
+JSON
+"$SIDECAR" run --config "$WORK/remora-mtls-a.json" & PIDS+=($!)
+"$SIDECAR" run --config "$WORK/remora-mtls-b.json" & PIDS+=($!)
+
 nginx_proxy nginx-a 127.0.0.1:19101 127.0.0.1:19102
 nginx_proxy nginx-b 127.0.0.1:19102 127.0.0.1:18080
 haproxy_proxy haproxy-a 127.0.0.1:19201 127.0.0.1:19202
@@ -111,6 +143,8 @@ remora_proxy remora-mt-b 127.0.0.1:19012 127.0.0.1:18080 127.0.0.1:19014 REMORA_
 "$SIDECAR" wait-ready --admin 127.0.0.1:19004 --timeout 20s >/dev/null
 "$SIDECAR" wait-ready --admin 127.0.0.1:19013 --timeout 20s >/dev/null
 "$SIDECAR" wait-ready --admin 127.0.0.1:19014 --timeout 20s >/dev/null
+"$SIDECAR" wait-ready --admin 127.0.0.1:19023 --timeout 20s >/dev/null
+"$SIDECAR" wait-ready --admin 127.0.0.1:19024 --timeout 20s >/dev/null
 sleep 1
 
 # Every process (and child) listening on a port: CPU ticks and VmHWM.
@@ -119,21 +153,22 @@ ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$
 hwm_kib() { for p in "$@"; do awk '/VmHWM/{print $2}' "/proc/$p/status"; done | paste -sd' '; }
 HZ=$(getconf CLK_TCK)
 
-declare -A PORT=([direct]=18080 [l4-copy]=19301 [remora]=19001 [remora-mt1]=19011 [nginx]=19101 [haproxy]=19201)
-declare -A HOPS=([direct]="" [l4-copy]="19301 19302" [remora]="19001 19002" [remora-mt1]="19011 19012" [nginx]="19101 19102" [haproxy]="19201 19202")
+declare -A PORT=([direct]=18080 [l4-copy]=19301 [remora]=19001 [remora-mt1]=19011 [remora-mtls]=19021 [nginx]=19101 [haproxy]=19201)
+declare -A HOPS=([direct]="" [l4-copy]="19301 19302" [remora]="19001 19002" [remora-mt1]="19011 19012" [remora-mtls]="19021 19022" [nginx]="19101 19102" [haproxy]="19201 19202")
 RESULTS="$OUT/sidecar-raw.tsv"
 : > "$RESULTS"
 for rate in $RATES; do
-  for kind in ${KINDS:-direct l4-copy remora remora-mt1 nginx haproxy}; do
+  for kind in ${KINDS:-direct l4-copy remora remora-mt1 remora-mtls nginx haproxy}; do
     url="http://127.0.0.1:${PORT[$kind]}/"
     # Warm-up: connections and pools.
-    "$OHA" --no-tui -z 2s -q "$rate" -c $CONNS -m POST -D "$WORK/body" "$url" >/dev/null
-    pids=$(pids_on ${HOPS[$kind]})
-    before=$(ticks $pids)
-    "$OHA" --no-tui --output-format json --latency-correction -z "${DURATION}s" -q "$rate" -c $CONNS \
+    "$OHA" --no-tui -z 2s -q "$rate" -c "$CONNS" -m POST -D "$WORK/body" "$url" >/dev/null
+    read -r -a hops <<< "${HOPS[$kind]}"
+    mapfile -t pids < <(pids_on "${hops[@]}")
+    before=$(ticks "${pids[@]}")
+    "$OHA" --no-tui --output-format json --latency-correction -z "${DURATION}s" -q "$rate" -c "$CONNS" \
       -m POST -D "$WORK/body" "$url" > "$OUT/oha-$kind-$rate.json"
-    after=$(ticks $pids)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$rate" "$kind" "$((after - before))" "$(hwm_kib $pids)" "$OUT/oha-$kind-$rate.json" >> "$RESULTS"
+    after=$(ticks "${pids[@]}")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$rate" "$kind" "$((after - before))" "$(hwm_kib "${pids[@]}")" "$OUT/oha-$kind-$rate.json" >> "$RESULTS"
   done
 done
 

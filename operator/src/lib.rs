@@ -6,7 +6,7 @@
 //! - [`controller`]: the kube-runtime controllers.
 //! - [`run`]: everything together, as the binary and the tests start it.
 
-pub mod ca;
+pub use remora_ca as ca;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

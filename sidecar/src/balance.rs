@@ -27,6 +27,8 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once (the pool key of requests).
+    pub authority: http::uri::Authority,
     pub weight: u32,
     /// Requests in flight, for least-request balancing.
     pub active: AtomicU64,
@@ -40,6 +42,7 @@ impl Endpoint {
     pub fn new(addr: SocketAddr, weight: u32) -> Self {
         Self {
             addr,
+            authority: authority_of(addr),
             weight: weight.max(1),
             active: AtomicU64::new(0),
             consecutive_5xx: AtomicU32::new(0),
@@ -73,6 +76,11 @@ enum Table {
     /// Sorted `(hash, endpoint index)`.
     Ring(Vec<(u64, u32)>),
     Maglev(Vec<u32>),
+}
+
+/// A socket address as a URI authority (`10.0.0.1:80`, `[::1]:80`).
+pub fn authority_of(addr: SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::try_from(addr.to_string()).expect("a socket address is an authority")
 }
 
 #[derive(Debug)]

@@ -2,17 +2,19 @@
 //! balancer, the upstream connection pools and circuit-breaking limits.
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Weak},
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http::Uri;
+use http::{Request, Response, Uri, uri::Scheme};
 use http_body_util::combinators::BoxBody;
+use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::{
     client::legacy::{
         Client,
@@ -20,17 +22,37 @@ use hyper_util::{
     },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use remora_api::config::{self, Endpoints, Protocol};
+use remora_api::config::{self, Endpoints, Protocol, UpstreamTlsMode};
 use tokio::net::TcpStream;
 
 use crate::{
     BoxError, Error,
     balance::{Balancer, Endpoint},
     metrics::{ClusterMetrics, GaugeGuard, Registry},
+    tls::{Alpn, Io, TlsSlot},
 };
 
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
+
+/// Why an upstream request failed: before a connection was had (retriable as
+/// `connect-failure`), or after (`reset`).
+#[derive(Debug)]
+pub enum SendError {
+    Connect(BoxError),
+    Request(BoxError),
+}
+
+/// HTTP/2 upstream connections: one per endpoint, multiplexed. Requests keep
+/// the `:authority` the client used (hyper-util's pool keys connections by
+/// the request URI, so through it `:authority` would be the endpoint address).
+#[derive(Default)]
+struct H2Pool {
+    conns: Mutex<HashMap<SocketAddr, H2Slot>>,
+}
+
+/// An endpoint's connection, locked while it is being (re)opened.
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>>;
 
 /// Where a cluster's endpoints come from, at run time.
 pub enum Targets {
@@ -55,6 +77,14 @@ impl Target {
             Target::Addr(a) => *a,
         }
     }
+
+    /// The address as a URI authority (cached for balanced endpoints).
+    pub fn authority(&self) -> http::uri::Authority {
+        match self {
+            Target::Endpoint(e) => e.authority.clone(),
+            Target::Addr(a) => crate::balance::authority_of(*a),
+        }
+    }
 }
 
 pub struct Cluster {
@@ -66,15 +96,40 @@ pub struct Cluster {
     pub targets: Targets,
     pub metrics: ClusterMetrics,
     h1: UpstreamClient,
-    h2: UpstreamClient,
+    h2_connector: CountingConnector,
+    h2: H2Pool,
     pub connect_timeout: Duration,
     /// Circuit breaking: requests beyond this many in flight are refused.
     pub max_in_flight: u64,
+    /// Mesh mTLS to this cluster's endpoints.
+    tls: Option<UpstreamTls>,
+}
+
+/// How a cluster's connections are secured (mode `mesh`).
+#[derive(Clone)]
+struct UpstreamTls {
+    slot: TlsSlot,
+    /// The SPIFFE ID endpoints must present, when the config pins one.
+    expect: Option<Arc<str>>,
+}
+
+impl UpstreamTls {
+    async fn secure(&self, tcp: TcpStream, alpn: Alpn) -> Result<Io, BoxError> {
+        let Some(tls) = self.slot.load_full() else {
+            return Err("the cluster uses mesh TLS but the sidecar has no workload certificate (tls section)".into());
+        };
+        let (io, _peer) = tls.connect(tcp, alpn, self.expect.as_deref()).await?;
+        Ok(io)
+    }
 }
 
 impl Cluster {
-    pub fn new(c: &config::Cluster, reg: &Registry) -> Arc<Self> {
+    pub fn new(c: &config::Cluster, reg: &Registry, tls: &TlsSlot) -> Arc<Self> {
         let metrics = ClusterMetrics::new(reg, &c.name);
+        let upstream_tls = (c.tls.mode == UpstreamTlsMode::Mesh).then(|| UpstreamTls {
+            slot: tls.clone(),
+            expect: c.tls.identity.as_deref().map(Arc::from),
+        });
         let targets = match &c.endpoints {
             Endpoints::Static(eps) => Targets::Balanced(Arc::new(Balancer::new(
                 c.load_balancer.policy,
@@ -91,32 +146,38 @@ impl Cluster {
             Endpoints::OriginalDestination => Targets::OriginalDestination,
             Endpoints::LocalApp => Targets::LocalApp,
         };
-        let client = |h2: bool| {
+        let connector = |h2: bool| {
             let mut http = HttpConnector::new();
             http.set_connect_timeout(Some(c.connect_timeout.as_std()));
             http.set_nodelay(true);
-            let connector = CountingConnector {
+            CountingConnector {
                 inner: http,
-                metrics: metrics.clone(),
-            };
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(c.idle_timeout.as_std())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(h2)
-                .build(connector)
+                shared: Arc::new(ConnectorShared {
+                    metrics: metrics.clone(),
+                    tls: upstream_tls
+                        .clone()
+                        .map(|t| (t, if h2 { Alpn::Http2 } else { Alpn::Http1 })),
+                }),
+            }
         };
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(c.idle_timeout.as_std())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector(false));
         let cluster = Arc::new(Self {
             name: c.name.clone(),
             config: c.clone(),
             protocol: c.protocol,
             targets,
-            h1: client(false),
-            h2: client(true),
+            h1,
+            h2_connector: connector(true),
+            h2: H2Pool::default(),
             connect_timeout: c.connect_timeout.as_std(),
             max_in_flight: u64::from(c.limits.max_connections)
                 + u64::from(c.limits.max_pending_requests),
             metrics,
+            tls: upstream_tls,
         });
         if let Endpoints::Dns(dns) = &c.endpoints {
             tokio::spawn(refresh_dns(
@@ -162,8 +223,75 @@ impl Cluster {
         }
     }
 
-    pub fn client(&self, h2: bool) -> &UpstreamClient {
-        if h2 { &self.h2 } else { &self.h1 }
+    /// Sends a request to the endpoint `addr`. HTTP/1.1 requests go through
+    /// the keep-alive pool with the endpoint in their URI (their `Host`
+    /// header names the service); HTTP/2 requests keep their own authority.
+    pub async fn send(
+        &self,
+        h2: bool,
+        addr: SocketAddr,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if !h2 {
+            return self.h1.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(e.into())
+                } else {
+                    SendError::Request(e.into())
+                }
+            });
+        }
+        let mut sender = self.h2_sender(addr).await.map_err(SendError::Connect)?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))
+    }
+
+    /// The endpoint's HTTP/2 connection, opened (once, however many requests
+    /// wait for it) when there is none or it closed.
+    async fn h2_sender(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<UpstreamBody>, BoxError> {
+        let slot = self
+            .h2
+            .conns
+            .lock()
+            .expect("h2 pool")
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut current = slot.lock().await;
+        if let Some(s) = current.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(crate::balance::authority_of(addr));
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        let io =
+            tower_service::Service::call(&mut self.h2_connector.clone(), Uri::from_parts(uri)?)
+                .await?;
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        let (sender, conn) = tokio::time::timeout(self.connect_timeout, b.handshake(io))
+            .await
+            .map_err(|_| "HTTP/2 handshake timed out")??;
+        let cluster = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%cluster, %addr, "upstream HTTP/2 connection: {e}");
+            }
+        });
+        *current = Some(sender.clone());
+        Ok(sender)
     }
 
     /// Speaks HTTP/2 upstream when the cluster says so, for gRPC, and for
@@ -174,13 +302,21 @@ impl Cluster {
             || (downstream_h2 && !matches!(self.targets, Targets::Balanced(_)))
     }
 
-    /// A TCP connection for opaque pass-through, counted like pooled ones.
-    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(TcpStream, GaugeGuard), Error> {
-        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
+    /// A connection for opaque pass-through (mesh TLS when the cluster uses
+    /// it), counted like pooled ones.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(Io, GaugeGuard), Error> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Io::plain(tcp)),
+                Some(t) => t.secure(tcp, Alpn::Opaque).await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(io)) => {
                 self.metrics.connection_total.inc();
-                Ok((s, self.metrics.connection_active.track()))
+                Ok((io, self.metrics.connection_active.track()))
             }
             Ok(Err(e)) => {
                 self.metrics.connect_fail.inc();
@@ -223,11 +359,20 @@ async fn refresh_dns(cluster: Weak<Cluster>, name: String, port: u16, refresh: D
     }
 }
 
-/// `HttpConnector` that counts upstream connections (open and opened).
+/// `HttpConnector` that counts upstream connections (open and opened) and
+/// secures them with mesh TLS when the cluster uses it.
+///
+/// hyper-util clones the connector for every request (a connect races each
+/// pool checkout), so everything but the `HttpConnector` sits behind one `Arc`.
 #[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,
+    shared: Arc<ConnectorShared>,
+}
+
+struct ConnectorShared {
     metrics: ClusterMetrics,
+    tls: Option<(UpstreamTls, Alpn)>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -241,19 +386,28 @@ impl tower_service::Service<Uri> for CountingConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let fut = self.inner.call(uri);
-        let m = self.metrics.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            match fut.await {
-                Ok(io) => {
+            let m = &shared.metrics;
+            let connected = async {
+                let tcp = fut.await?.into_inner();
+                match &shared.tls {
+                    None => Ok::<_, BoxError>((Io::plain(tcp), false)),
+                    Some((t, alpn)) => Ok((t.secure(tcp, *alpn).await?, *alpn == Alpn::Http2)),
+                }
+            };
+            match connected.await {
+                Ok((io, h2)) => {
                     m.connection_total.inc();
                     Ok(Counted {
-                        io,
+                        io: TokioIo::new(io),
+                        h2,
                         _active: m.connection_active.track(),
                     })
                 }
                 Err(e) => {
                     m.connect_fail.inc();
-                    Err(e.into())
+                    Err(e)
                 }
             }
         })
@@ -261,13 +415,16 @@ impl tower_service::Service<Uri> for CountingConnector {
 }
 
 pub struct Counted {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<Io>,
+    /// ALPN chose HTTP/2.
+    h2: bool,
     _active: GaugeGuard,
 }
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let c = Connected::new();
+        if self.h2 { c.negotiated_h2() } else { c }
     }
 }
 

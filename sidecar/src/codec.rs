@@ -7,9 +7,9 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, sync::watch};
+use tokio::sync::watch;
 
-use crate::http::Downstream;
+use crate::{http::Downstream, tls::Io};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -26,12 +26,7 @@ pub trait Codec: Send + Sync + 'static {
     /// Looks at the first bytes the client sent (never consumed).
     fn detect(&self, prefix: &[u8]) -> Detection;
     /// Serves the connection until it closes or drains.
-    fn serve(
-        &self,
-        io: TcpStream,
-        conn: Arc<Downstream>,
-        drain: watch::Receiver<bool>,
-    ) -> BoxFuture;
+    fn serve(&self, io: Io, conn: Arc<Downstream>, drain: watch::Receiver<bool>) -> BoxFuture;
 }
 
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -57,12 +52,7 @@ impl Codec for Http2 {
         }
     }
 
-    fn serve(
-        &self,
-        io: TcpStream,
-        conn: Arc<Downstream>,
-        mut drain: watch::Receiver<bool>,
-    ) -> BoxFuture {
+    fn serve(&self, io: Io, conn: Arc<Downstream>, mut drain: watch::Receiver<bool>) -> BoxFuture {
         Box::pin(async move {
             let svc = service_fn(move |req| crate::http::handle(req, conn.clone()));
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -120,12 +110,7 @@ impl Codec for Http1 {
         }
     }
 
-    fn serve(
-        &self,
-        io: TcpStream,
-        conn: Arc<Downstream>,
-        mut drain: watch::Receiver<bool>,
-    ) -> BoxFuture {
+    fn serve(&self, io: Io, conn: Arc<Downstream>, mut drain: watch::Receiver<bool>) -> BoxFuture {
         Box::pin(async move {
             let svc = service_fn(move |req| crate::http::handle(req, conn.clone()));
             let c = hyper::server::conn::http1::Builder::new()
@@ -147,12 +132,7 @@ impl Codec for Tcp {
         Detection::Match
     }
 
-    fn serve(
-        &self,
-        io: TcpStream,
-        conn: Arc<Downstream>,
-        drain: watch::Receiver<bool>,
-    ) -> BoxFuture {
+    fn serve(&self, io: Io, conn: Arc<Downstream>, drain: watch::Receiver<bool>) -> BoxFuture {
         Box::pin(crate::tcp::proxy(io, conn, drain))
     }
 }

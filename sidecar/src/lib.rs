@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod cluster;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod snapshot;
 pub mod tcp;
+pub mod tls;
 
 pub use proxy::{Options, Proxy, ProxyHandle, Shared};
 
@@ -40,6 +42,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     #[error("upstream connect failed: {0}")]
     Connect(String),
     #[error("{0}")]
@@ -51,6 +55,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Load(_) => "config",
             Error::Bind { .. } => "bind",
+            Error::Tls(_) => "tls",
             Error::Connect(_) => "connect",
             Error::Io(_) => "io",
         }

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use remora_api::config::ListenerProtocol;
+use remora_api::config::{ListenerProtocol, TlsMode};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -18,6 +18,7 @@ use crate::{
     codec::{self, Codec},
     http::Downstream,
     proxy::Shared,
+    tls::{Alpn, HANDSHAKE_TIMEOUT, Io, TLS_HANDSHAKE},
 };
 
 /// How long to wait for a client's first bytes before treating the
@@ -75,6 +76,34 @@ async fn serve_connection(
     } else {
         local
     };
+    // Inbound mesh TLS: a ClientHello is terminated here (its ALPN names the
+    // inner protocol); plaintext passes in `permissive` mode only.
+    let (io, alpn, peer_identity) = match (policy.tls_mode, shared.tls.load_full()) {
+        (mode, Some(tls)) if mode != TlsMode::Disabled => {
+            let strict = mode == TlsMode::Strict;
+            let wait = if strict {
+                HANDSHAKE_TIMEOUT
+            } else {
+                DETECT_TIMEOUT
+            };
+            if first_byte(&stream, wait).await == Some(TLS_HANDSHAKE) {
+                match tls.accept(stream).await {
+                    Ok((s, peer, alpn)) => (s, alpn, Some(peer.identity)),
+                    Err(e) => {
+                        tracing::debug!(listener = %listener, %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                }
+            } else if strict {
+                tls.refuse_plaintext();
+                tracing::debug!(listener = %listener, %peer, "plaintext refused (strict mTLS)");
+                return;
+            } else {
+                (Io::plain(stream), None, None)
+            }
+        }
+        _ => (Io::plain(stream), None, None),
+    };
     let codecs: &[&dyn Codec] = match policy.protocol {
         ListenerProtocol::Tcp => &[],
         ListenerProtocol::Http1 => &[&codec::Http1],
@@ -83,10 +112,19 @@ async fn serve_connection(
     };
     let codec: &dyn Codec = if codecs.is_empty() || policy.opaque_ports.contains(&original.port()) {
         &codec::Tcp
+    } else if io.is_tls() {
+        match alpn {
+            Some(Alpn::Http2) => &codec::Http2,
+            Some(Alpn::Http1) => &codec::Http1,
+            Some(Alpn::Opaque) => &codec::Tcp,
+            // A TLS client without ALPN: the listener's protocol if it has one.
+            None if codecs.len() == 1 => codecs[0],
+            None => &codec::Tcp,
+        }
     } else if codecs.len() == 1 {
         codecs[0]
     } else {
-        detect(&stream, codecs).await
+        detect(io.tcp().expect("plaintext"), codecs).await
     };
     let conn = Arc::new(Downstream {
         shared: shared.clone(),
@@ -96,9 +134,19 @@ async fn serve_connection(
         local,
         h2: codec.name() == "HTTP/2",
         protocol: codec.name(),
+        peer_identity,
     });
     drop(policy);
-    codec.serve(stream, conn, shared.drain.subscribe()).await;
+    codec.serve(io, conn, shared.drain.subscribe()).await;
+}
+
+/// The first byte the client sent, or `None` if it sent nothing in time.
+async fn first_byte(stream: &TcpStream, wait: Duration) -> Option<u8> {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut b)).await {
+        Ok(Ok(1)) => Some(b[0]),
+        _ => None,
+    }
 }
 
 async fn detect<'a>(stream: &TcpStream, codecs: &'a [&'a dyn Codec]) -> &'a dyn Codec {

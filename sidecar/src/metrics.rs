@@ -50,6 +50,9 @@ impl Gauge {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     /// Increments now and decrements when the guard drops.
     pub fn track(&self) -> GaugeGuard {
         self.inc();
@@ -230,6 +233,7 @@ pub struct ListenerMetrics {
     pub process_time_total: Counter,
     pub request_failed: Counter,
     pub request_duration: Histogram,
+    pub authz_denied: Counter,
 }
 
 impl ListenerMetrics {
@@ -270,6 +274,11 @@ impl ListenerMetrics {
             request_duration: reg.histogram(
                 "downstream_request_duration_seconds",
                 "Time from request start to response headers",
+                l(),
+            ),
+            authz_denied: reg.counter(
+                "downstream_authz_denied_total",
+                "Requests and connections refused by an authorization policy",
                 l(),
             ),
         }

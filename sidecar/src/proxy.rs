@@ -24,6 +24,7 @@ use crate::{
     balance::hash_bytes,
     metrics::{Counter, Registry},
     snapshot::Snapshot,
+    tls::{self, MeshTls, TlsSlot},
 };
 
 /// How the proxy is started besides its config.
@@ -43,6 +44,8 @@ pub struct Shared {
     pub registry: Registry,
     pub access_log: AccessLog,
     pub pod_labels: Labels,
+    /// The workload identity, while the config uses mesh TLS.
+    pub tls: TlsSlot,
     /// `true` once draining: listeners stop accepting, connections close
     /// when their in-flight requests finish.
     pub drain: watch::Sender<bool>,
@@ -125,7 +128,24 @@ impl Shared {
         if config.admin.address != old.config.admin.address {
             tracing::warn!("admin address changes take effect on restart");
         }
-        let snap = Snapshot::compile(config, Some(&old), &self.registry, &self.pod_labels)?;
+        // Read certificates first: a section naming unreadable files is refused.
+        enum TlsChange {
+            Keep(Arc<MeshTls>, Box<tls::PreparedTls>),
+            Start(Arc<MeshTls>),
+            Stop,
+        }
+        let tls_change = match (tls::needed(&config), self.tls.load_full()) {
+            (true, Some(t)) => TlsChange::Keep(t.clone(), Box::new(t.prepare(&config.tls)?)),
+            (true, None) => TlsChange::Start(MeshTls::new(&config.tls, &self.registry)?),
+            (false, _) => TlsChange::Stop,
+        };
+        let snap = Snapshot::compile(
+            config,
+            Some(&old),
+            &self.registry,
+            &self.pod_labels,
+            &self.tls,
+        )?;
         for c in snap.clusters.values() {
             if !old.clusters.get(&c.name).is_some_and(|o| Arc::ptr_eq(o, c)) {
                 c.resolve_now().await;
@@ -147,6 +167,11 @@ impl Shared {
             }
             let socket = bind(&l.name, l.address).await?;
             bound.push((l.name.clone(), socket));
+        }
+        match tls_change {
+            TlsChange::Keep(t, prepared) => t.commit(*prepared),
+            TlsChange::Start(t) => self.tls.store(Some(t)),
+            TlsChange::Stop => self.tls.store(None),
         }
         self.snapshot.store(Arc::new(snap));
         let snap = self.snapshot.load_full();
@@ -234,7 +259,11 @@ impl Proxy {
         } else {
             AccessLog::disabled()
         };
-        let snap = Snapshot::compile(config, None, &registry, &opts.pod_labels)?;
+        let tls_slot = TlsSlot::default();
+        if tls::needed(&config) {
+            tls_slot.store(Some(MeshTls::new(&config.tls, &registry)?));
+        }
+        let snap = Snapshot::compile(config, None, &registry, &opts.pod_labels, &tls_slot)?;
         for c in snap.clusters.values() {
             c.resolve_now().await;
         }
@@ -254,6 +283,7 @@ impl Proxy {
             registry,
             access_log,
             pod_labels: opts.pod_labels.clone(),
+            tls: tls_slot,
             drain: watch::channel(false).0,
             ready: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -282,13 +312,11 @@ impl Proxy {
             }
         }
         tokio::spawn(crate::admin::serve(admin_socket, shared.clone()));
+        let every = opts.watch_interval.unwrap_or(Duration::from_secs(1));
         if let Some(path) = opts.config_path.clone() {
-            tokio::spawn(watch_file(
-                path,
-                shared.clone(),
-                opts.watch_interval.unwrap_or(Duration::from_secs(1)),
-            ));
+            tokio::spawn(watch_file(path, shared.clone(), every));
         }
+        tokio::spawn(watch_certificates(shared.clone(), every));
         shared.ready.store(true, Ordering::Release);
         tracing::info!(%admin, hash = %snap.config.content_hash(), "remora-sidecar ready");
         Ok(ProxyHandle { shared, admin })
@@ -362,6 +390,20 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
             Err(_) => {
                 let _ = shared.reload_json(&bytes).await;
             }
+        }
+    }
+}
+
+/// Re-reads the workload certificate files (rotation writes new ones).
+async fn watch_certificates(shared: Arc<Shared>, every: Duration) {
+    let mut drain = shared.drain.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::proxy::until_true(&mut drain) => return,
+        }
+        if let Some(t) = shared.tls.load_full() {
+            t.reload_files();
         }
     }
 }

@@ -15,15 +15,17 @@ use bytes::Bytes;
 use http::StatusCode;
 use remora_api::config::{
     self, Direction, HashOn, Labels, ListenerProtocol, Protocol, RetryOn, RouteAction,
-    SidecarConfig, selector_matches,
+    SidecarConfig, TlsMode, selector_matches,
 };
 
 use crate::{
     Error,
+    authz::Authz,
     cluster::Cluster,
     matching::{HeaderEditor, RequestMatcher, header_name},
     metrics::{ListenerMetrics, Registry},
     ratelimit::RateLimiter,
+    tls::TlsSlot,
 };
 
 pub struct Snapshot {
@@ -48,6 +50,10 @@ pub struct ListenerPolicy {
     pub default_cluster: Option<Arc<Cluster>>,
     /// Inbound only: the limits whose pod selector matches this pod.
     pub rate_limits: Vec<Arc<RateLimiter>>,
+    /// Inbound only: the authorization policies that select this pod.
+    pub authz: Option<Arc<Authz>>,
+    /// Inbound only: whether callers must, may or may not use mesh TLS.
+    pub tls_mode: TlsMode,
     pub metrics: ListenerMetrics,
 }
 
@@ -207,6 +213,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         reg: &Registry,
         pod_labels: &Labels,
+        tls: &TlsSlot,
     ) -> Result<Self, Error> {
         let mut clusters = HashMap::new();
         for c in &config.clusters {
@@ -216,7 +223,7 @@ impl Snapshot {
                 .cloned();
             clusters.insert(
                 c.name.clone(),
-                reused.unwrap_or_else(|| Cluster::new(c, reg)),
+                reused.unwrap_or_else(|| Cluster::new(c, reg, tls)),
             );
         }
         let cluster = |name: &str| {
@@ -306,8 +313,10 @@ impl Snapshot {
             }
         }
 
+        let authz = Authz::compile(&config.authz, pod_labels)?.map(Arc::new);
         let mut listeners = HashMap::new();
         for l in &config.listeners {
+            let inbound = l.direction == Direction::Inbound;
             listeners.insert(
                 l.name.clone(),
                 Arc::new(ListenerPolicy {
@@ -317,10 +326,16 @@ impl Snapshot {
                     protocol: l.protocol,
                     opaque_ports: l.opaque_ports.clone(),
                     default_cluster: l.default_cluster.as_deref().map(cluster).transpose()?,
-                    rate_limits: if l.direction == Direction::Inbound {
+                    rate_limits: if inbound {
                         limiters.clone()
                     } else {
                         Vec::new()
+                    },
+                    authz: authz.clone().filter(|_| inbound),
+                    tls_mode: if inbound {
+                        config.tls.mode
+                    } else {
+                        TlsMode::Disabled
                     },
                     metrics: ListenerMetrics::new(reg, &l.name),
                 }),

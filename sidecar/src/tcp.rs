@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use rand::Rng;
 use remora_api::config::HashOn;
-use tokio::{net::TcpStream, sync::watch};
+use tokio::sync::watch;
 
 use crate::{
     balance::{Outcome, hash_bytes},
     cluster::Target,
     http::Downstream,
     snapshot::Action,
+    tls::Io,
 };
 
 /// Endpoints tried before giving up on a connection.
@@ -20,11 +21,22 @@ const CONNECT_TRIES: usize = 3;
 
 /// Opaque streams have no request boundary, so draining does not cut them:
 /// they run until they close or the drain deadline ends the process.
-pub async fn proxy(mut down: TcpStream, conn: Arc<Downstream>, _drain: watch::Receiver<bool>) {
+pub async fn proxy(mut down: Io, conn: Arc<Downstream>, _drain: watch::Receiver<bool>) {
     let snap = conn.shared.snapshot.load_full();
     let Some(policy) = snap.listeners.get(&conn.listener).cloned() else {
         return;
     };
+    if let Some(authz) = &policy.authz
+        && !authz.allows_connection(conn.peer_identity.as_deref())
+    {
+        policy.metrics.authz_denied.inc();
+        tracing::info!(
+            listener = %conn.listener,
+            peer = conn.peer_identity.as_deref().unwrap_or("-"),
+            "connection refused by authorization policy"
+        );
+        return;
+    }
     let by_port = snap
         .table(None, Some(conn.original_dst.port()))
         .and_then(|t| t.routes.first())

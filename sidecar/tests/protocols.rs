@@ -154,6 +154,20 @@ async fn h2c_prior_knowledge_with_curl_and_hyper() {
     ])
     .await;
     assert_eq!(out, "h2up 2", "{err}");
+    // The upstream HTTP/2 request keeps the caller's authority, whether the
+    // caller spoke HTTP/2 or HTTP/1.1.
+    let (out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: h2svc",
+        &format!("http://127.0.0.1:{port}/authority"),
+    ])
+    .await;
+    assert_eq!(out, "h2svc HTTP/2.0", "{err}");
+    let (_, _, body) = get(&h1_client(), local(port), "h2svc", "/authority", &[])
+        .await
+        .unwrap();
+    assert_eq!(body, "h2svc HTTP/2.0");
     // An HTTP/2 client to an HTTP/1.1 cluster: translated, Host from :authority.
     let (out, err) = curl(&[
         "--http2-prior-knowledge",
@@ -188,13 +202,6 @@ async fn h2c_prior_knowledge_with_curl_and_hyper() {
     }
 }
 
-fn grpc_frame(msg: &[u8]) -> Bytes {
-    let mut v = vec![0u8];
-    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    v.extend_from_slice(msg);
-    Bytes::from(v)
-}
-
 async fn grpc_setup() -> (Upstream, u16, remora_sidecar::ProxyHandle) {
     let up = upstream("grpc").await;
     let port = free_port();
@@ -210,14 +217,6 @@ async fn grpc_setup() -> (Upstream, u16, remora_sidecar::ProxyHandle) {
     );
     let proxy = start(&cfg).await;
     (up, port, proxy)
-}
-
-fn grpc_request(authority: &str, method: &str, body: TestBody) -> Request<TestBody> {
-    Request::post(format!("http://{authority}/echo.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body)
-        .unwrap()
 }
 
 #[tokio::test]

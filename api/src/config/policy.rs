@@ -123,7 +123,8 @@ pub struct Tls {
     pub mode: TlsMode,
     #[serde(default = "trust_domain")]
     pub trust_domain: String,
-    /// Workload certificate chain (PEM), mounted from the certificate Secret.
+    /// Workload certificate chain (PEM), mounted from the certificate Secret
+    /// (the webhook mounts it at `/var/run/remora/identity`).
     #[serde(default = "cert_file")]
     pub cert_file: String,
     #[serde(default = "key_file")]
@@ -159,10 +160,10 @@ fn trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.into()
 }
 fn cert_file() -> String {
-    "/var/run/remora/certs/tls.crt".into()
+    "/var/run/remora/identity/tls.crt".into()
 }
 fn key_file() -> String {
-    "/var/run/remora/certs/tls.key".into()
+    "/var/run/remora/identity/tls.key".into()
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -44,6 +44,8 @@ pub struct Downstream {
     pub local: SocketAddr,
     pub h2: bool,
     pub protocol: &'static str,
+    /// The caller's SPIFFE ID, when it connected with mesh TLS.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -53,6 +55,8 @@ pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status
 pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub(crate) static RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub(crate) static RL_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// The verified caller, for the app (Envoy's and Istio's header).
+pub(crate) static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
@@ -86,43 +90,29 @@ pub async fn handle(
     let active = m.request_active.track();
     let grpc = is_grpc(&req);
 
-    let request_id = match req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) => id.to_string(),
-        None => {
-            let id = random_hex(16);
-            req.headers_mut().insert(
-                X_REQUEST_ID.clone(),
-                HeaderValue::from_str(&id).expect("hex"),
-            );
-            id
-        }
-    };
-    let trace_id = match req
+    if !req.headers().contains_key(&X_REQUEST_ID) {
+        let id = random_hex(16);
+        req.headers_mut().insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_str(&id).expect("hex"),
+        );
+    }
+    let traced = req
         .headers()
         .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(tp) if tp.len() >= 55 => tp[3..35].to_string(),
-        _ if snap.start_traces => {
-            let trace = random_hex(16);
-            let tp = format!("00-{trace}-{}-01", random_hex(8));
-            req.headers_mut().insert(
-                TRACEPARENT.clone(),
-                HeaderValue::from_str(&tp).expect("hex"),
-            );
-            trace
-        }
-        _ => String::new(),
-    };
+        .is_some_and(|tp| tp.len() >= 55);
+    if !traced && snap.start_traces {
+        let tp = format!("00-{}-{}-01", random_hex(16), random_hex(8));
+        req.headers_mut().insert(
+            TRACEPARENT.clone(),
+            HeaderValue::from_str(&tp).expect("hex"),
+        );
+    }
     let logging = conn.shared.access_log.enabled();
     let mut ex = Exchange {
         // Only filled (and allocated) when there is an access log to write.
         rec: if logging {
-            access_record(&req, &conn, &policy, grpc, request_id, trace_id)
+            access_record(&req, &conn, &policy, grpc)
         } else {
             AccessRecord::default()
         },
@@ -179,9 +169,19 @@ fn access_record(
     conn: &Downstream,
     policy: &crate::snapshot::ListenerPolicy,
     grpc: bool,
-    request_id: String,
-    trace_id: String,
 ) -> AccessRecord {
+    let header = |n: &HeaderName| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let request_id = header(&X_REQUEST_ID).to_string();
+    let trace_id = Some(header(&TRACEPARENT))
+        .filter(|tp| tp.len() >= 55)
+        .and_then(|tp| tp.get(3..35))
+        .unwrap_or_default()
+        .to_string();
     let (rpc_service, rpc_method) = if grpc {
         let mut p = req.uri().path().trim_start_matches('/').splitn(2, '/');
         let s = p.next().unwrap_or("").to_string();
@@ -226,14 +226,15 @@ fn authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
 }
 
+/// `bytes` (at most 16) random bytes as lower-case hex.
 fn random_hex(bytes: usize) -> String {
+    debug_assert!(bytes <= 16);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut rng = rand::rng();
+    let mut v: u128 = rand::rng().random();
     let mut s = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let b: u8 = rng.random();
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
+    for _ in 0..bytes * 2 {
+        s.push(HEX[(v & 15) as usize] as char);
+        v >>= 4;
     }
     s
 }
@@ -244,7 +245,7 @@ enum Selected<'a> {
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     snap: &Snapshot,
     policy: &crate::snapshot::ListenerPolicy,
     conn: &Downstream,
@@ -274,6 +275,39 @@ async fn proxy(
                     .push((RL_REMAINING.clone(), HeaderValue::from_static("0")));
                 return Err(r);
             }
+        }
+    }
+
+    // Inbound: who is calling, and may they?
+    if policy.direction == Direction::Inbound {
+        // Only this sidecar may say who the caller is.
+        req.headers_mut().remove(&XFCC);
+        if let Some(peer) = &conn.peer_identity {
+            let own = conn.shared.tls.load().as_ref().map(|t| t.identity());
+            let v = match own {
+                Some(own) => format!("By={own};URI={peer}"),
+                None => format!("URI={peer}"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                req.headers_mut().insert(XFCC.clone(), v);
+            }
+        }
+        if let Some(authz) = &policy.authz
+            && !authz.allows(conn.peer_identity.as_deref(), &req)
+        {
+            policy.metrics.authz_denied.inc();
+            let who = conn
+                .peer_identity
+                .as_deref()
+                .unwrap_or("an unauthenticated caller");
+            return Err(LocalReply::new(
+                StatusCode::FORBIDDEN,
+                "AZ",
+                format!(
+                    "access denied: {who} is not allowed by {}",
+                    authz.policies.join(", ")
+                ),
+            ));
         }
     }
 

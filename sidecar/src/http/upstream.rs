@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header::HOST};
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::HOST,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
@@ -19,7 +23,7 @@ use super::{
 };
 use crate::{
     balance::Outcome,
-    cluster::{Cluster, Target, UpstreamBody},
+    cluster::{Cluster, SendError, Target, UpstreamBody},
     metrics::GaugeGuard,
     replay::ReplayBody,
     snapshot::{Retry, Route, hash_key},
@@ -65,15 +69,21 @@ pub(super) async fn forward(
         parts.headers.insert(HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers, upgrading);
-    if h2 {
-        // The authority goes upstream as the endpoint address (see docs/sidecar.md).
-        parts.headers.remove(HOST);
-    }
+    // HTTP/2 carries the authority as `:authority` instead of `Host`.
+    let authority = if h2 {
+        parts
+            .headers
+            .remove(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| parts.uri.authority().cloned())
+    } else {
+        None
+    };
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     let retry = route.and_then(|r| r.retry.as_ref()).filter(|_| !upgrading);
     let mut replay: Option<ReplayBody> = None;
@@ -103,14 +113,23 @@ pub(super) async fn forward(
             };
             let mut up = Request::new(upstream_body);
             *up.method_mut() = parts.method.clone();
-            *up.headers_mut() = parts.headers.clone();
+            // Only a retry needs the headers again.
+            *up.headers_mut() = if retry.is_some() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             *up.version_mut() = if h2 {
                 Version::HTTP_2
             } else {
                 Version::HTTP_11
             };
             let per_try = retry.and_then(|r| r.per_try_timeout);
-            let (result, target) = try_once(cluster, up, &path, hash, conn, h2, per_try).await?;
+            let dest = Dest {
+                path: &path,
+                authority: authority.as_ref(),
+            };
+            let (result, target) = try_once(cluster, up, dest, hash, conn, h2, per_try).await?;
             if ex.logging {
                 ex.rec.upstream_address = target.map(|t| t.to_string()).unwrap_or_default();
             }
@@ -227,12 +246,19 @@ impl Drop for BudgetGuard<'_> {
     }
 }
 
+/// What the upstream request's URI is built from.
+struct Dest<'a> {
+    path: &'a PathAndQuery,
+    /// The caller's authority, for HTTP/2 upstreams.
+    authority: Option<&'a Authority>,
+}
+
 /// One try against one endpoint: circuit breaker, balancing, the pooled
 /// request, and outlier bookkeeping.
 async fn try_once(
     cluster: &Arc<Cluster>,
     mut req: Request<UpstreamBody>,
-    path: &str,
+    dest: Dest<'_>,
     hash: Option<u64>,
     conn: &Downstream,
     h2: bool,
@@ -267,7 +293,16 @@ async fn try_once(
             ),
         ));
     }
-    *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}")).map_err(|e| {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    // HTTP/1.1 requests are pooled by the URI's authority, so it names the
+    // endpoint (`Host` names the service); HTTP/2 sends the caller's.
+    uri.authority = Some(match dest.authority {
+        Some(a) => a.clone(),
+        None => target.authority(),
+    });
+    uri.path_and_query = Some(dest.path.clone());
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| {
         LocalReply::new(
             StatusCode::BAD_REQUEST,
             "DPE",
@@ -278,7 +313,7 @@ async fn try_once(
     m.request_total.inc();
     let _active: GaugeGuard = m.request_active.track();
     let start = Instant::now();
-    let fut = cluster.client(h2).request(req);
+    let fut = cluster.send(h2, addr, req);
     let result = match per_try {
         Some(t) => tokio::time::timeout(t, fut).await.ok(),
         None => Some(fut.await),
@@ -298,11 +333,13 @@ async fn try_once(
             };
             (TryResult::Response(r), o)
         }
-        Some(Err(e)) if e.is_connect() => (
-            TryResult::ConnectFailure(error_chain(&e)),
+        Some(Err(SendError::Connect(e))) => (
+            TryResult::ConnectFailure(error_chain(&*e)),
             Outcome::ConnectFailure,
         ),
-        Some(Err(e)) => (TryResult::Reset(error_chain(&e)), Outcome::ServerError),
+        Some(Err(SendError::Request(e))) => {
+            (TryResult::Reset(error_chain(&*e)), Outcome::ServerError)
+        }
     };
     if let (Target::Endpoint(ep), Some(b)) = (&target, cluster.balancer()) {
         b.record(ep, outcome);

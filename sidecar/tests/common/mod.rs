@@ -41,6 +41,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// 127.0.0.1:`port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 pub fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
@@ -139,6 +144,21 @@ async fn answer(
         return Ok(text(200, name.clone(), &name));
     }
     match path.as_str() {
+        // The authority the request arrived with (`:authority` or `Host`).
+        "/authority" => {
+            let a = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            Ok(text(200, format!("{a} {:?}", req.version()), &name))
+        }
         "/echo" => {
             let mut r = Response::new(req.into_body().map_err(Into::into).boxed());
             r.headers_mut().insert("x-upstream", name.parse().unwrap());
@@ -433,4 +453,38 @@ pub fn one_route(domain: &str, cluster: &str, extra: Value) -> Value {
         }
     }
     json!({ "name": domain, "domains": [domain], "routes": [r] })
+}
+
+/// One gRPC message frame (uncompressed).
+pub fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    Bytes::from(v)
+}
+
+/// A call to the test upstream's `echo.Echo` service.
+pub fn grpc_request(authority: &str, method: &str, body: TestBody) -> Request<TestBody> {
+    Request::post(format!("http://{authority}/echo.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap()
+}
+
+/// A static cluster whose endpoints speak gRPC (h2c upstream).
+pub fn grpc_cluster(name: &str, addrs: &[SocketAddr]) -> Value {
+    let mut c = static_cluster(name, addrs);
+    c["protocol"] = json!("grpc");
+    c
+}
+
+/// A gRPC route table for `domain` sending calls to `service` to `cluster`,
+/// with extra route fields merged in.
+pub fn grpc_table(domain: &str, service: &str, cluster: &str, extra: Value) -> Value {
+    let mut extra = extra;
+    extra["match"] = json!({ "rpc": { "service": service } });
+    let mut t = one_route(domain, cluster, extra);
+    t["protocol"] = json!("grpc");
+    t
 }

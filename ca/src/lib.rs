@@ -1,7 +1,8 @@
 //! The mesh CA: a key pair that signs workload certificates.
 //!
 //! Pure certificate work, no Kubernetes: the MeshCertificate controller and
-//! the sidecar's mTLS tests issue certificates through the same code.
+//! the sidecar's mTLS code read certificates through the same code, and the
+//! sidecar's tests issue theirs with it.
 
 use std::time::{Duration, SystemTime};
 
@@ -201,9 +202,15 @@ pub fn certificate_facts(pem: &str) -> Result<CertificateFacts, CaError> {
     use x509_parser::prelude::*;
     let (_, block) =
         parse_x509_pem(pem.as_bytes()).map_err(|e| CaError::BadCertificate(e.to_string()))?;
-    let cert = block
-        .parse_x509()
-        .map_err(|e| CaError::BadCertificate(e.to_string()))?;
+    certificate_facts_der(&block.contents)
+}
+
+/// Reads serial, validity and URI SANs from one DER certificate (as a TLS
+/// handshake presents it).
+pub fn certificate_facts_der(der: &[u8]) -> Result<CertificateFacts, CaError> {
+    use x509_parser::prelude::*;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CaError::BadCertificate(e.to_string()))?;
     let to_system =
         |t: ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
     let mut uris = Vec::new();
@@ -261,22 +268,17 @@ mod tests {
     fn a_ca_round_trips_through_pem_and_keeps_signing() {
         let ca = MeshCa::generate("example.org").unwrap();
         let again = MeshCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
-        let a = again
-            .issue(&LeafRequest {
-                spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
-                dns_names: vec![],
-                extra_uris: vec![],
-                ttl: Duration::from_secs(7200),
-            })
-            .unwrap();
-        let b = again
-            .issue(&LeafRequest {
-                spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
-                dns_names: vec![],
-                extra_uris: vec![],
-                ttl: Duration::from_secs(7200),
-            })
-            .unwrap();
+        let issue = || {
+            again
+                .issue(&LeafRequest {
+                    spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
+                    dns_names: vec![],
+                    extra_uris: vec![],
+                    ttl: Duration::from_secs(7200),
+                })
+                .unwrap()
+        };
+        let (a, b) = (issue(), issue());
         assert_ne!(a.serial, b.serial, "serials are unique");
         assert!(MeshCa::from_pem("not pem", ca.key_pem()).is_err());
     }
