@@ -9,6 +9,10 @@ step "control plane binaries (kube-apiserver, etcd; built once, cached under ~/.
 REMORA_CONTROL_PLANE_BIN=$(scripts/control-plane.sh)
 export REMORA_CONTROL_PLANE_BIN
 
+step "chart tools (helm, kubeconform, shellcheck; built once, cached under ~/.cache/remora)"
+REMORA_TOOLS_BIN=$(scripts/tools.sh)
+export REMORA_TOOLS_BIN
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -20,6 +24,9 @@ if cargo tree -p remora-sidecar -e normal --locked | grep -E '^.*(kube|k8s-opena
   echo "remora-sidecar must not depend on kube or k8s-openapi" >&2
   exit 1
 fi
+
+step "e2e test dependencies (iptables, curl from Debian's packages; installed once)"
+scripts/e2e-deps.sh
 
 step "cargo test --workspace"
 cargo test --workspace --locked

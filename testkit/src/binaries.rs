@@ -40,33 +40,11 @@ pub(crate) fn locate() -> Result<Binaries, String> {
     }
 
     let script = repo_root().join("scripts/control-plane.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run bash {}: {e}. {how_to_skip}", script.display()))?;
-
-    // Relay the script's progress (a first build takes minutes) and keep it for the panic.
-    // Written to stderr directly, past libtest's capture, so a long build is visible.
-    let mut progress = Vec::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(std::io::stderr(), "{line}");
-            progress.push(line);
-        }
-    }
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {}: {e}", script.display()))?;
+    let (status, stdout, progress) =
+        run_build_script(&script).map_err(|e| format!("{e}. {how_to_skip}"))?;
 
     if !status.success() {
-        let tail = progress[progress.len().saturating_sub(20)..].join("\n");
+        let tail = progress.join("\n");
         let missing_go = progress.iter().any(|l| l.contains("Go toolchain"));
         let fix = if missing_go {
             "Install Go (https://go.dev/dl/, the version e2e/envtest/go.mod asks for) and put \
@@ -82,7 +60,7 @@ pub(crate) fn locate() -> Result<Binaries, String> {
         ));
     }
 
-    let dir = PathBuf::from(stdout.trim());
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
     in_dir(&dir).map_err(|missing| {
         format!(
             "{} reported {} but it holds no executable {missing}; remove that directory and \
@@ -91,6 +69,38 @@ pub(crate) fn locate() -> Result<Binaries, String> {
             dir.display()
         )
     })
+}
+
+/// Runs one of the repository's build-once scripts (`bash <script>`): relays
+/// its progress on stderr past libtest's capture (a first build takes minutes)
+/// and returns its exit status, its stdout, and the last 20 lines of its
+/// stderr (for an error message).
+pub fn run_build_script(
+    script: &Path,
+) -> Result<(std::process::ExitStatus, String, Vec<String>), String> {
+    let mut child = Command::new("bash")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
+    let mut progress = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stderr(), "{line}");
+            progress.push(line);
+        }
+    }
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {}: {e}", script.display()))?;
+    let tail = progress.split_off(progress.len().saturating_sub(20));
+    Ok((status, stdout, tail))
 }
 
 fn in_dir(dir: &Path) -> Result<Binaries, &'static str> {

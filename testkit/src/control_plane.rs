@@ -115,17 +115,7 @@ impl ControlPlane {
     /// Prints a loud notice naming the test thread, so a skipped run is never mistaken
     /// for a passing one. See [`require_control_plane!`](crate::require_control_plane).
     pub fn skip_requested() -> bool {
-        let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1" || v == "true");
-        if skip {
-            let thread = std::thread::current();
-            // Written to stderr directly: libtest captures eprintln! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {} needs a kube-apiserver and {SKIP_ENV}=1 is set; nothing was tested",
-                thread.name().unwrap_or("this test")
-            );
-        }
-        skip
+        skip_requested_by(SKIP_ENV, "a kube-apiserver")
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -583,6 +573,23 @@ fn dns_label_prefix(prefix: &str) -> String {
     } else {
         label.to_string()
     }
+}
+
+/// True when the environment variable `env` is `1` or `true`: the calling test
+/// should return without testing. Prints a loud `SKIPPED` line naming the test
+/// thread and what it `needs`, so a skipped run is never mistaken for a passing one.
+pub fn skip_requested_by(env: &str, needs: &str) -> bool {
+    let skip = std::env::var(env).is_ok_and(|v| v == "1" || v == "true");
+    if skip {
+        let thread = std::thread::current();
+        // Written to stderr directly: libtest captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {} needs {needs} and {env}=1 is set; nothing was tested",
+            thread.name().unwrap_or("this test")
+        );
+    }
+    skip
 }
 
 #[cfg(test)]

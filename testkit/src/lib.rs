@@ -26,8 +26,8 @@ mod pki;
 mod process;
 
 pub use admission::{FailurePolicy, WebhookRegistration, pod};
-pub use binaries::repo_root;
-pub use control_plane::{ControlPlane, TestNamespace};
+pub use binaries::{repo_root, run_build_script};
+pub use control_plane::{ControlPlane, TestNamespace, skip_requested_by};
 pub use error::Error;
 pub use kubectl::KubectlOutput;
 pub use pki::{IssuedCert, TestCa, WebhookTls, webhook_serving_cert};

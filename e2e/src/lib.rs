@@ -1,0 +1,32 @@
+//! Shared helpers for Remora's end-to-end tests.
+//!
+//! - [`netns`]: pods as network namespaces on one node, for the sidecar
+//!   end-to-end test (`tests/netns.rs`, docs/e2e-netns.md).
+//! - [`workspace_bin`]: the workspace's binaries next to the test executable.
+//! - [`prometheus`]: reading the sidecar's `/metrics`.
+
+pub mod netns;
+pub mod prometheus;
+
+use std::path::PathBuf;
+
+/// `target/<profile>/<name>`, found from the running test executable
+/// (`target/<profile>/deps/<test>-<hash>`). `cargo test --workspace` builds
+/// every binary of the workspace before it runs tests; a test of one package
+/// does not build another package's binaries, hence the message. Never run a
+/// nested cargo from a test: it waits forever on the target directory's lock.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build them with `cargo build -p remora-sidecar -p remora-e2e` \
+         (same profile as the tests), or run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
