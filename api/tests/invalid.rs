@@ -102,3 +102,26 @@ fn a_config_with_another_version_or_a_wrong_hash_is_refused() {
     // The untampered, sealed document loads.
     SidecarConfig::from_json(sealed.to_pretty_json().as_bytes()).unwrap();
 }
+
+#[test]
+fn config_tls_settings_are_checked() {
+    let err = config_error(serde_json::json!({
+        "version": 1,
+        "listeners": [],
+        "clusters": [
+            { "name": "a", "endpoints": { "static": [{ "address": "127.0.0.1:1" }] },
+              "tls": { "mode": "mesh", "identity": "reviews", "meshAddresses": ["10.96.0.10"] } },
+            { "name": "b", "endpoints": "originalDestination", "tls": { "mode": "auto" } }
+        ],
+        "tls": { "trustDomain": "a/b", "revokedSerials": ["ABC"] }
+    }));
+    for want in [
+        "clusters[0].tls.meshAddresses: only applies to tls.mode auto",
+        "clusters[0].tls.identity: \"reviews\" is not a SPIFFE ID",
+        "tls.trustBundle: mTLS is on but there is no trust bundle (trustBundle or caFile)",
+        "tls.trustDomain: \"a/b\" is not a trust domain",
+        "tls.revokedSerials[0]: \"ABC\" is not a lower-case hex serial number",
+    ] {
+        assert!(err.contains(want), "wanted {want}\ngot {err}");
+    }
+}

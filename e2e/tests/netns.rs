@@ -96,6 +96,12 @@ impl Mesh {
         ctx.mtls = mtls;
         if mtls != TlsMode::Disabled {
             ctx.trust_bundle = ca.cert_pem().to_owned();
+            // What the operator lists for a mesh namespace: its Services' ClusterIPs.
+            ctx.mesh_addresses = m
+                .services
+                .iter()
+                .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_ref()?.parse().ok())
+                .collect();
         }
         let rendered = render_sidecar_config(&ctx, &m.mesh);
         ensure!(
@@ -153,6 +159,7 @@ impl Mesh {
         let t = Instant::now();
         self.transparent_capture()?;
         self.default_route_through_the_cluster_ip()?;
+        self.unrouted_service_through_passthrough()?;
         self.rate_limit()?;
         self.proxy_traffic_is_not_recaptured()?;
         self.canary_split_and_metrics()?;
@@ -226,6 +233,28 @@ impl Mesh {
                 .starts_with("127.0.0.1:"),
             "{body}"
         );
+        Ok(())
+    }
+
+    /// A Service no ServiceRoute names is reached through the pass-through
+    /// cluster (the original destination, its ClusterIP); with mTLS on, its
+    /// ClusterIP is in the mesh catalog, so the hop is mTLS and a strict
+    /// server accepts it.
+    fn unrouted_service_through_passthrough(&self) -> Result<()> {
+        let url = "http://ratings.bookinfo.svc.cluster.local:9080/ratings/1";
+        let r = self.curl_as_app(&[url])?;
+        ensure!(r.status == 200, "GET {url}: {r:?}");
+        ensure!(r.header("x-echo-version") == "v1", "{r:?}");
+        let body = r.json()?;
+        ensure!(body["headers"]["x-routed-by"].is_null(), "{body}");
+        let xfcc = body["headers"]["x-forwarded-client-cert"].as_str();
+        match self.mtls {
+            TlsMode::Disabled => ensure!(xfcc.is_none(), "{body}"),
+            _ => ensure!(
+                xfcc.is_some_and(|x| x.contains("sa/productpage")),
+                "pass-through to a meshed Service was not mTLS: {body}"
+            ),
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use kube::ResourceExt;
@@ -27,6 +27,9 @@ pub struct RenderContext {
     pub trust_bundle: String,
     /// Serials of revoked certificates across the mesh.
     pub revoked_serials: BTreeSet<String>,
+    /// Addresses with sidecars behind them (the ClusterIPs of Services in
+    /// mesh namespaces): pass-through traffic to them uses mesh mTLS.
+    pub mesh_addresses: BTreeSet<IpAddr>,
 }
 
 impl RenderContext {
@@ -38,6 +41,7 @@ impl RenderContext {
             mtls: TlsMode::Disabled,
             trust_bundle: String::new(),
             revoked_serials: BTreeSet::new(),
+            mesh_addresses: BTreeSet::new(),
         }
     }
 }
@@ -149,6 +153,16 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
             name: PASSTHROUGH.into(),
             protocol: Protocol::Tcp,
             endpoints: Endpoints::OriginalDestination,
+            // Unrouted calls: mTLS to the destinations that have sidecars.
+            tls: if ctx.mtls == TlsMode::Disabled {
+                UpstreamTls::default()
+            } else {
+                UpstreamTls {
+                    mode: UpstreamTlsMode::Auto,
+                    identity: None,
+                    mesh_addresses: ctx.mesh_addresses.iter().copied().collect(),
+                }
+            },
             ..cluster_defaults()
         });
     }
@@ -482,6 +496,7 @@ fn cluster(
                 UpstreamTlsMode::Mesh
             },
             identity: None,
+            mesh_addresses: Vec::new(),
         },
         ..cluster_defaults()
     };

@@ -181,6 +181,55 @@ async fn mesh_namespace_gets_config_rbac_and_subset_services() {
     .await;
 }
 
+/// The mesh's ClusterIPs reach every config, for mTLS on pass-through
+/// traffic; Services outside the mesh stay out.
+#[tokio::test]
+async fn mesh_service_addresses_reach_every_config() {
+    require_control_plane!();
+    let cp = setup().await;
+    let a = cp
+        .namespace_with_labels("catalog-a", &[("remora.dev/inject", "enabled")])
+        .await
+        .unwrap();
+    let b = cp
+        .namespace_with_labels("catalog-b", &[("remora.dev/inject", "enabled")])
+        .await
+        .unwrap();
+    let outside = cp.namespace("catalog-out").await.unwrap();
+    apply(cp, a.name(), reviews_service()).await;
+    apply(cp, outside.name(), reviews_service()).await;
+    let ip = |svc: Service| -> std::net::IpAddr {
+        svc.spec.unwrap().cluster_ip.unwrap().parse().unwrap()
+    };
+    let meshed = ip(a.api::<Service>().get("reviews").await.unwrap());
+    let unmeshed = ip(outside.api::<Service>().get("reviews").await.unwrap());
+
+    let b_configs: Api<ConfigMap> = b.api();
+    let addresses = |c: &remora_api::config::SidecarConfig| {
+        let p = c.cluster("passthrough").expect("a passthrough cluster");
+        (p.tls.mode, p.tls.mesh_addresses.clone())
+    };
+    // Another mesh namespace learns the address (its pass-through goes mTLS there).
+    let (mode, list) = eventually("the ClusterIP in catalog-b's config", || async {
+        let (c, _) = sidecar_config(&b_configs).await?;
+        let (mode, list) = addresses(&c);
+        list.contains(&meshed).then_some((mode, list))
+    })
+    .await;
+    assert_eq!(mode, remora_api::config::UpstreamTlsMode::Auto);
+    assert!(!list.contains(&unmeshed), "{list:?}");
+
+    // Deleting the Service takes it out again.
+    cp.kubectl_ok(["delete", "service", "reviews", "-n", a.name()])
+        .await
+        .unwrap();
+    eventually("the ClusterIP gone", || async {
+        let (c, _) = sidecar_config(&b_configs).await?;
+        (!addresses(&c).1.contains(&meshed)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_route_to_a_missing_service_is_not_accepted_until_it_exists() {
     require_control_plane!();

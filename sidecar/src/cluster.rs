@@ -2,9 +2,9 @@
 //! balancer, the upstream connection pools and circuit-breaking limits.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
@@ -105,16 +105,38 @@ pub struct Cluster {
     tls: Option<UpstreamTls>,
 }
 
-/// How a cluster's connections are secured (mode `mesh`).
+/// How a cluster's connections are secured (modes `mesh` and `auto`).
 #[derive(Clone)]
 struct UpstreamTls {
     slot: TlsSlot,
     /// The SPIFFE ID endpoints must present, when the config pins one.
     expect: Option<Arc<str>>,
+    /// Mode `auto`: only these destinations have sidecars.
+    only: Option<Arc<HashSet<IpAddr>>>,
 }
 
 impl UpstreamTls {
+    fn of(c: &config::Cluster, slot: &TlsSlot) -> Option<Self> {
+        let only = match c.tls.mode {
+            UpstreamTlsMode::Disabled => return None,
+            UpstreamTlsMode::Mesh => None,
+            UpstreamTlsMode::Auto => Some(Arc::new(c.tls.mesh_addresses.iter().copied().collect())),
+        };
+        Some(Self {
+            slot: slot.clone(),
+            expect: c.tls.identity.as_deref().map(Arc::from),
+            only,
+        })
+    }
+
+    /// Mesh TLS over `tcp`, or plaintext when `auto` and the peer has no
+    /// sidecar.
     async fn secure(&self, tcp: TcpStream, alpn: Alpn) -> Result<Io, BoxError> {
+        if let Some(only) = &self.only
+            && !only.contains(&tcp.peer_addr()?.ip())
+        {
+            return Ok(Io::plain(tcp));
+        }
         let Some(tls) = self.slot.load_full() else {
             return Err("the cluster uses mesh TLS but the sidecar has no workload certificate (tls section)".into());
         };
@@ -126,10 +148,7 @@ impl UpstreamTls {
 impl Cluster {
     pub fn new(c: &config::Cluster, reg: &Registry, tls: &TlsSlot) -> Arc<Self> {
         let metrics = ClusterMetrics::new(reg, &c.name);
-        let upstream_tls = (c.tls.mode == UpstreamTlsMode::Mesh).then(|| UpstreamTls {
-            slot: tls.clone(),
-            expect: c.tls.identity.as_deref().map(Arc::from),
-        });
+        let upstream_tls = UpstreamTls::of(c, tls);
         let targets = match &c.endpoints {
             Endpoints::Static(eps) => Targets::Balanced(Arc::new(Balancer::new(
                 c.load_balancer.policy,
@@ -393,7 +412,11 @@ impl tower_service::Service<Uri> for CountingConnector {
                 let tcp = fut.await?.into_inner();
                 match &shared.tls {
                     None => Ok::<_, BoxError>((Io::plain(tcp), false)),
-                    Some((t, alpn)) => Ok((t.secure(tcp, *alpn).await?, *alpn == Alpn::Http2)),
+                    Some((t, alpn)) => {
+                        let io = t.secure(tcp, *alpn).await?;
+                        let h2 = io.is_tls() && *alpn == Alpn::Http2;
+                        Ok((io, h2))
+                    }
                 }
             };
             match connected.await {

@@ -61,6 +61,8 @@ pub struct RouteTable {
     pub name: String,
     pub protocol: Protocol,
     pub routes: Vec<Route>,
+    /// Lists no domains: serves every host on its port.
+    pub any_host: bool,
 }
 
 pub struct Route {
@@ -289,6 +291,7 @@ impl Snapshot {
                 name: t.name.clone(),
                 protocol: t.protocol,
                 routes,
+                any_host: t.domains.is_empty(),
             }));
         }
 
@@ -372,8 +375,22 @@ impl Snapshot {
                 .or_else(|| self.by_authority.get(strip_port(&a)))
                 .copied()
         });
+        // The destination port picks a table when the request does not name a
+        // host (no authority, or an IP address), or when the table lists no
+        // domains: a host no table lists is another service on the same
+        // port, and goes to the listener's default (pass-through).
+        let unnamed = authority.is_none_or(|a| {
+            strip_port(a)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        });
         by_name
-            .or_else(|| port.and_then(|p| self.by_port.get(&p).copied()))
+            .or_else(|| {
+                port.and_then(|p| self.by_port.get(&p).copied())
+                    .filter(|i| unnamed || self.tables[*i].any_host)
+            })
             .or(self.catch_all)
             .map(|i| &self.tables[i])
     }
@@ -402,6 +419,36 @@ mod tests {
         assert_eq!(strip_port("reviews"), "reviews");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn tables_by_host_then_port_for_unnamed_hosts() {
+        let config = SidecarConfig::from_json(
+            br#"{ "version": 1, "listeners": [],
+              "routes": [
+                { "name": "reviews", "domains": ["reviews.ns"], "port": 9080, "routes": [] },
+                { "name": "any-on-7070", "domains": [], "port": 7070, "routes": [] }
+              ] }"#,
+        )
+        .unwrap();
+        let snap = Snapshot::compile(
+            config,
+            None,
+            &Registry::default(),
+            &Labels::new(),
+            &TlsSlot::default(),
+        )
+        .unwrap();
+        let name = |a: Option<&str>, p| snap.table(a, Some(p)).map(|t| t.name.as_str());
+        assert_eq!(name(Some("reviews.ns:9080"), 9080), Some("reviews"));
+        // No host, or an IP address (a ClusterIP): the port decides.
+        assert_eq!(name(None, 9080), Some("reviews"));
+        assert_eq!(name(Some("10.96.0.12:9080"), 9080), Some("reviews"));
+        assert_eq!(name(Some("[fd00::1]:9080"), 9080), Some("reviews"));
+        // Another service on the same port is not reviews.
+        assert_eq!(name(Some("ratings.ns:9080"), 9080), None);
+        // A table without domains takes every host on its port.
+        assert_eq!(name(Some("anything"), 7070), Some("any-on-7070"));
     }
 
     #[test]

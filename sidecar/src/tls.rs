@@ -484,12 +484,12 @@ pub struct PreparedTls {
 }
 
 /// Whether a config needs a workload certificate: inbound TLS, or a cluster
-/// that speaks mesh TLS.
+/// that speaks mesh TLS (`mesh` or `auto`).
 pub fn needed(c: &config::SidecarConfig) -> bool {
     c.tls.mode != config::TlsMode::Disabled
         || c.clusters
             .iter()
-            .any(|c| c.tls.mode == config::UpstreamTlsMode::Mesh)
+            .any(|c| c.tls.mode != config::UpstreamTlsMode::Disabled)
 }
 
 /// The sidecar's [`MeshTls`], when its config uses TLS; clusters hold this

@@ -261,13 +261,7 @@ impl Mesh {
 
     /// A fresh TCP connection through both sidecars: send, read the echo.
     async fn tcp_roundtrip(&self, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut s = tokio::net::TcpStream::connect(local(self.client_tcp_port)).await?;
-        s.write_all(msg).await?;
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        Ok(back)
+        roundtrip(self.client_tcp_port, msg).await
     }
 }
 
@@ -613,4 +607,71 @@ async fn authorization_allows_one_identity_and_denies_another() {
         1
     );
     drop(other);
+}
+
+/// A plain TCP echo server on another loopback address (no sidecar there).
+async fn plain_echo_on(ip: [u8; 4]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, 0)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg` over a fresh connection to 127.0.0.1:`port` and reads its echo.
+async fn roundtrip(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(local(port)).await?;
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(back)
+}
+
+#[tokio::test]
+async fn auto_mode_uses_mtls_only_towards_mesh_addresses() {
+    let mesh = Mesh::start("strict").await;
+    let plain = plain_echo_on([127, 0, 0, 2]).await;
+    let (to_mesh, to_plain) = (free_port(), free_port());
+    let auto = |name: &str, at: SocketAddr| {
+        let mut c = static_cluster(name, &[at]);
+        c["protocol"] = json!("tcp");
+        c["tls"] = json!({ "mode": "auto", "meshAddresses": ["127.0.0.1"] });
+        c
+    };
+    let mut cfg = config(
+        json!([
+            { "name": "to-mesh", "direction": "outbound", "address": addr(to_mesh),
+              "protocol": "tcp", "defaultCluster": "mesh" },
+            { "name": "to-plain", "direction": "outbound", "address": addr(to_plain),
+              "protocol": "tcp", "defaultCluster": "plain" }
+        ]),
+        json!([]),
+        json!([
+            auto("mesh", local(mesh.server_tcp_port)),
+            auto("plain", plain)
+        ]),
+    );
+    cfg["tls"] = mesh.client_mount.tls("disabled");
+    let client = Proxy::start(parse(&cfg), Options::default()).await.unwrap();
+
+    // A meshed destination gets mTLS (the strict server would refuse anything else) ...
+    assert_eq!(roundtrip(to_mesh, b"secure").await.unwrap(), b"secure");
+    assert_eq!(handshakes(&client, "outbound", "success"), 1);
+    assert_eq!(handshakes(&mesh.server, "inbound", "success"), 1);
+    // ... and one without a sidecar gets the plaintext it expects (an echo of a
+    // ClientHello would have failed the handshake).
+    assert_eq!(roundtrip(to_plain, b"plain").await.unwrap(), b"plain");
+    assert_eq!(handshakes(&client, "outbound", "success"), 1);
+    let m = client.metrics_text();
+    assert!(!m.contains("result=\"error\""), "{m}");
 }

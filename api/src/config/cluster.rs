@@ -1,6 +1,6 @@
 //! Upstream clusters: where routed traffic goes and how it is balanced.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,10 @@ pub struct UpstreamTls {
     /// identity from the trust bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// With `auto`: the destination addresses that have sidecars (the
+    /// ClusterIPs of meshed Services, rendered by the operator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_addresses: Vec<IpAddr>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,4 +223,7 @@ pub enum UpstreamTlsMode {
     Disabled,
     /// Mesh mTLS with the workload certificate.
     Mesh,
+    /// Mesh mTLS to destinations in `meshAddresses`, plaintext to the rest
+    /// (pass-through traffic, where only some destinations have sidecars).
+    Auto,
 }

@@ -189,6 +189,12 @@ impl SidecarConfig {
                     "interval and timeout must be longer than 0",
                 );
             }
+            if !c.tls.mesh_addresses.is_empty() && c.tls.mode != UpstreamTlsMode::Auto {
+                errs.push(
+                    format!("{at}.tls.meshAddresses"),
+                    "only applies to tls.mode auto",
+                );
+            }
             if let Some(id) = &c.tls.identity
                 && !id.starts_with("spiffe://")
             {
@@ -295,7 +301,7 @@ impl SidecarConfig {
             || self
                 .clusters
                 .iter()
-                .any(|c| c.tls.mode == UpstreamTlsMode::Mesh);
+                .any(|c| c.tls.mode != UpstreamTlsMode::Disabled);
         if needs_certs && tls.trust_bundle.is_empty() && tls.ca_file.is_none() {
             errs.push(
                 "tls.trustBundle",

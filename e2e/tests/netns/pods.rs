@@ -39,6 +39,16 @@ spec:
   selector: {app: reviews}
   ports: [{name: http, port: 9080, targetPort: 9080}]
 ---
+# A meshed Service no ServiceRoute names: calls to it take the pass-through
+# cluster, which uses mTLS because its ClusterIP is in the mesh's catalog.
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  clusterIP: 10.251.128.11
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 9080, targetPort: 9080}]
+---
 apiVersion: mesh.remora.dev/v1alpha1
 kind: SidecarTemplate
 metadata: {name: default, namespace: bookinfo}

@@ -3,13 +3,15 @@
 //! A namespace is in the mesh when it carries `remora.dev/inject=enabled` or
 //! holds a Remora resource. Any change to a resource re-renders only the
 //! namespaces it affects (its own; for a ServiceRoute, those in `exportTo`;
-//! for a revocation, all). An unchanged hash is never rewritten.
+//! for a revocation, all; for a Service in a mesh namespace or a namespace
+//! joining or leaving, all, since every config lists the mesh's ClusterIPs
+//! for mTLS on pass-through traffic). An unchanged hash is never rewritten.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace},
+    core::v1::{ConfigMap, Namespace, Service},
     rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
 };
 use kube::{
@@ -41,9 +43,34 @@ pub struct MeshStores {
     pub routes: Store<ServiceRoute>,
     pub rate_limits: Store<RateLimitPolicy>,
     pub certificates: Store<MeshCertificate>,
+    pub services: Store<Service>,
 }
 
 impl MeshStores {
+    /// The ClusterIPs of Services in mesh namespaces: destinations that have
+    /// sidecars behind them.
+    fn mesh_addresses(&self) -> BTreeSet<IpAddr> {
+        let meshed: BTreeSet<String> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter(|n| in_mesh(n, self))
+            .map(|n| n.name_any())
+            .collect();
+        self.services
+            .state()
+            .iter()
+            .filter(|s| s.namespace().is_some_and(|n| meshed.contains(&n)))
+            .filter_map(|s| s.spec.as_ref())
+            .flat_map(|spec| {
+                spec.cluster_ips
+                    .clone()
+                    .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
+            })
+            .filter_map(|ip| ip.parse().ok())
+            .collect()
+    }
+
     fn holds_resources(&self, ns: &str) -> bool {
         let in_ns = |o: Option<String>| o.as_deref() == Some(ns);
         self.templates.state().iter().any(|r| in_ns(r.namespace()))
@@ -145,6 +172,9 @@ async fn reconcile(ns: Arc<Namespace>, cx: Arc<MeshConfigContext>) -> Result<Act
     render_ctx.mtls = ctx.config.mtls;
     render_ctx.trust_bundle = ctx.ca.cert_pem().to_owned();
     render_ctx.revoked_serials = cx.stores.revoked_serials();
+    if render_ctx.mtls != remora_api::config::TlsMode::Disabled {
+        render_ctx.mesh_addresses = cx.stores.mesh_addresses();
+    }
     let rendered = render_sidecar_config(&render_ctx, &cx.stores.resources(&name));
     let json = rendered.config.to_pretty_json();
     let hash = rendered.config.hash.clone().unwrap_or_default();
@@ -255,6 +285,7 @@ pub async fn run(ctx: Arc<Context>) {
     let (routes, route_events) = cached(Api::<ServiceRoute>::all(client.clone())).await;
     let (rate_limits, limit_events) = cached(Api::<RateLimitPolicy>::all(client.clone())).await;
     let (certificates, cert_events) = cached(Api::<MeshCertificate>::all(client.clone())).await;
+    let (services, service_events) = cached(Api::<Service>::all(client.clone())).await;
 
     let controller = Controller::new(Api::<Namespace>::all(client.clone()), watch_config());
     let namespaces = controller.store();
@@ -264,6 +295,7 @@ pub async fn run(ctx: Arc<Context>) {
         routes,
         rate_limits,
         certificates,
+        services,
     });
     let all_namespaces = move || {
         namespaces
@@ -273,6 +305,9 @@ pub async fn run(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     let all_for_routes = all_namespaces.clone();
+    let all_for_services = all_namespaces.clone();
+    let all_for_namespaces = all_namespaces.clone();
+    let stores_for_services = stores.clone();
     let own = |ns: Option<String>| ns.map(|n| ObjectRef::<Namespace>::new(&n));
 
     let managed_config_maps =
@@ -291,6 +326,25 @@ pub async fn run(ctx: Arc<Context>) {
             move |t: SidecarTemplate| own(t.namespace()),
         )
         .watches_stream(limit_events, move |p: RateLimitPolicy| own(p.namespace()))
+        // Every config lists the mesh's ClusterIPs: a Service in a mesh
+        // namespace, or a namespace joining or leaving, touches them all.
+        .watches_stream(service_events, move |s: Service| {
+            let ns = s.namespace().unwrap_or_default();
+            let meshed = stores_for_services
+                .namespaces
+                .get(&ObjectRef::new(&ns))
+                .is_some_and(|n| in_mesh(&n, &stores_for_services));
+            if meshed {
+                all_for_services()
+            } else {
+                Vec::new()
+            }
+        })
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watch_config(),
+            move |_: Namespace| all_for_namespaces(),
+        )
         .watches_stream(route_events, move |r: ServiceRoute| {
             // Its own namespace always: the namespace cache may not have seen
             // a namespace created a moment before the route.
