@@ -18,7 +18,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, WatchStreamExt, controller,
         controller::Action,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -287,7 +287,11 @@ pub async fn run(ctx: Arc<Context>) {
     let (certificates, cert_events) = cached(Api::<MeshCertificate>::all(client.clone())).await;
     let (services, service_events) = cached(Api::<Service>::all(client.clone())).await;
 
-    let controller = Controller::new(Api::<Namespace>::all(client.clone()), watch_config());
+    // A short trailing debounce (as Istio debounces pushes) folds bursts of
+    // changes that touch every namespace, such as Services being created,
+    // into one render per namespace.
+    let controller = Controller::new(Api::<Namespace>::all(client.clone()), watch_config())
+        .with_config(controller::Config::default().debounce(Duration::from_millis(100)));
     let namespaces = controller.store();
     let stores = Arc::new(MeshStores {
         namespaces: namespaces.clone(),
@@ -308,6 +312,7 @@ pub async fn run(ctx: Arc<Context>) {
     let all_for_services = all_namespaces.clone();
     let all_for_namespaces = all_namespaces.clone();
     let stores_for_services = stores.clone();
+    let mtls_on = ctx.config.mtls != remora_api::config::TlsMode::Disabled;
     let own = |ns: Option<String>| ns.map(|n| ObjectRef::<Namespace>::new(&n));
 
     let managed_config_maps =
@@ -329,12 +334,21 @@ pub async fn run(ctx: Arc<Context>) {
         // Every config lists the mesh's ClusterIPs: a Service in a mesh
         // namespace, or a namespace joining or leaving, touches them all.
         .watches_stream(service_events, move |s: Service| {
+            // Only a ClusterIP matters (headless Services have none), and
+            // only when the configs list them (mTLS on).
+            let has_ip = s
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.cluster_ip.as_deref())
+                .is_some_and(|ip| ip.parse::<IpAddr>().is_ok());
             let ns = s.namespace().unwrap_or_default();
-            let meshed = stores_for_services
-                .namespaces
-                .get(&ObjectRef::new(&ns))
-                .is_some_and(|n| in_mesh(&n, &stores_for_services));
-            if meshed {
+            let meshed = || {
+                stores_for_services
+                    .namespaces
+                    .get(&ObjectRef::new(&ns))
+                    .is_some_and(|n| in_mesh(&n, &stores_for_services))
+            };
+            if mtls_on && has_ip && meshed() {
                 all_for_services()
             } else {
                 Vec::new()
@@ -343,7 +357,13 @@ pub async fn run(ctx: Arc<Context>) {
         .watches(
             Api::<Namespace>::all(client.clone()),
             watch_config(),
-            move |_: Namespace| all_for_namespaces(),
+            move |_: Namespace| {
+                if mtls_on {
+                    all_for_namespaces()
+                } else {
+                    Vec::new()
+                }
+            },
         )
         .watches_stream(route_events, move |r: ServiceRoute| {
             // Its own namespace always: the namespace cache may not have seen
