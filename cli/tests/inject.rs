@@ -119,7 +119,8 @@ fn injects_pod_templates_of_workloads() {
         deployment["metadata"]["labels"]["remora.dev/workload"].as_str(),
         Some("reviews")
     );
-    // The probe port bypasses the redirect; fields unknown to us survive.
+    // The probe goes through the proxy's admin port, so its port stays captured;
+    // fields unknown to us survive.
     let args = deployment["spec"]["initContainers"][0]["args"]
         .as_sequence()
         .unwrap();
@@ -127,7 +128,14 @@ fn injects_pod_templates_of_workloads() {
         .iter()
         .position(|a| a == "--exclude-inbound-ports")
         .unwrap();
-    assert_eq!(args[excluded + 1].as_str(), Some("9080,15000"));
+    assert_eq!(args[excluded + 1].as_str(), Some("15000"));
+    let probe = &deployment["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+    assert_eq!(probe["port"].as_u64(), Some(15000), "{probe:?}");
+    assert_eq!(
+        probe["path"].as_str(),
+        Some("/app-health/reviews/readyz"),
+        "{probe:?}"
+    );
     assert_eq!(
         deployment["spec"]["containers"][0]["fieldFromTheFuture"].as_str(),
         Some("kept")

@@ -162,6 +162,7 @@ impl Mesh {
         self.unrouted_service_through_passthrough()?;
         self.rate_limit()?;
         self.proxy_traffic_is_not_recaptured()?;
+        self.kubelet_probe_through_the_sidecar()?;
         self.canary_split_and_metrics()?;
         self.node.check_running()?;
         eprintln!("[{:?}] all checks passed in {:?}", self.mtls, t.elapsed());
@@ -255,6 +256,18 @@ impl Mesh {
                 "pass-through to a meshed Service was not mTLS: {body}"
             ),
         }
+        Ok(())
+    }
+
+    /// The kubelet's view of reviews-v1's readiness probe, which the webhook
+    /// rewrote to the admin port: a direct connection from outside the pod
+    /// (as the client's proxy uid, which is not captured) gets the app's answer
+    /// through the sidecar, while the probed port itself stays in the mesh
+    /// (see `proxy_traffic_is_not_recaptured`: strict still refuses plaintext on it).
+    fn kubelet_probe_through_the_sidecar(&self) -> Result<()> {
+        let url = format!("http://{}:15000/app-health/reviews/readyz", self.v1.pod.ip);
+        let r = self.curl(&self.client, self.client.proxy_uid, &[&url])?;
+        ensure!(r.status == 200, "kubelet-style probe {url}: {r:?}");
         Ok(())
     }
 

@@ -33,6 +33,9 @@ enum Command {
         /// Downward-API labels file (`key="value"` lines); absent means no labels.
         #[arg(long, env = "REMORA_POD_LABELS")]
         pod_labels: Option<PathBuf>,
+        /// The app's probes the admin port answers (JSON, written by the webhook).
+        #[arg(long, env = "REMORA_APP_PROBES")]
+        app_probes: Option<String>,
     },
     /// Wait until the proxy's admin `/ready` answers 200 (for postStart hooks).
     WaitReady {
@@ -79,7 +82,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, pod_labels } => match run(&config, pod_labels.as_deref()) {
+        Command::Run {
+            config,
+            pod_labels,
+            app_probes,
+        } => match run(&config, pod_labels.as_deref(), app_probes.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("remora-sidecar: {e:#}");
@@ -141,8 +148,13 @@ fn load(path: &Path) -> anyhow::Result<SidecarConfig> {
     Ok(SidecarConfig::from_json(&bytes)?)
 }
 
-fn run(path: &Path, pod_labels: Option<&Path>) -> anyhow::Result<()> {
+fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyhow::Result<()> {
     let config = load(path)?;
+    let app_probes: remora_api::config::AppProbes = match app_probes {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| anyhow::anyhow!("REMORA_APP_PROBES is not a valid probe list: {e}"))?,
+        None => Default::default(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.runtime.log_level));
     // Logs go to stderr; stdout carries the access log.
@@ -177,6 +189,7 @@ fn run(path: &Path, pod_labels: Option<&Path>) -> anyhow::Result<()> {
             pod_labels: labels,
             config_path: Some(path.to_path_buf()),
             watch_interval: None,
+            app_probes,
         };
         let handle = Proxy::start(config, opts).await?;
         shutdown_signal().await;

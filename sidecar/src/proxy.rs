@@ -12,7 +12,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use remora_api::config::{Labels, SidecarConfig};
+use remora_api::config::{AppProbes, Labels, SidecarConfig};
 use tokio::{
     net::TcpListener,
     sync::{Mutex, Notify, watch},
@@ -36,6 +36,8 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// How often the config file is checked (default 1 s).
     pub watch_interval: Option<Duration>,
+    /// The app's probes, answered on the admin port (`/app-health/...`).
+    pub app_probes: AppProbes,
 }
 
 /// State shared by every listener, connection and the admin server.
@@ -44,6 +46,7 @@ pub struct Shared {
     pub registry: Registry,
     pub access_log: AccessLog,
     pub pod_labels: Labels,
+    pub app_probes: AppProbes,
     /// The workload identity, while the config uses mesh TLS.
     pub tls: TlsSlot,
     /// `true` once draining: listeners stop accepting, connections close
@@ -283,6 +286,7 @@ impl Proxy {
             registry,
             access_log,
             pod_labels: opts.pod_labels.clone(),
+            app_probes: opts.app_probes.clone(),
             tls: tls_slot,
             drain: watch::channel(false).0,
             ready: AtomicBool::new(false),

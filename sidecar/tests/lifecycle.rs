@@ -497,3 +497,46 @@ async fn taken_addresses_fail_start_and_reject_reload() {
         1
     );
 }
+
+/// The webhook rewrites the app's probes to the admin port; the proxy runs the
+/// originals against 127.0.0.1 and answers with their result.
+#[tokio::test]
+async fn admin_answers_the_apps_rewritten_probes() {
+    let app = upstream("app").await;
+    let probes: remora_api::config::AppProbes = serde_json::from_value(json!({
+        "/app-health/web/readyz": { "httpGet": { "path": "/headers", "port": app.addr.port(),
+            "headers": [{ "name": "x-probe", "value": "ready" }] } },
+        "/app-health/web/livez": { "httpGet": { "path": "/status/503", "port": app.addr.port() } },
+        "/app-health/web/startupz": { "tcpSocket": { "port": app.addr.port() } },
+        "/app-health/db/readyz": { "tcpSocket": { "port": dead_addr().port() } },
+        "/app-health/slow/readyz": { "httpGet": { "path": "/slow/5000", "port": app.addr.port(),
+            "timeoutSeconds": 1 } }
+    }))
+    .unwrap();
+    let cfg = config(json!([]), json!([]), json!([]));
+    let opts = Options {
+        app_probes: probes,
+        ..Default::default()
+    };
+    let proxy = Proxy::start(parse(&cfg), opts).await.unwrap();
+    let admin = proxy.admin_addr();
+
+    let (status, body) = admin_get(admin, "/app-health/web/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.hits(), 1, "the probe reached the app");
+    // The app's own answer decides.
+    assert_eq!(admin_get(admin, "/app-health/web/livez").await.0, 503);
+    assert_eq!(admin_get(admin, "/app-health/web/startupz").await.0, 200);
+    let (status, body) = admin_get(admin, "/app-health/db/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("failed"), "{body}");
+    let started = std::time::Instant::now();
+    let (status, body) = admin_get(admin, "/app-health/slow/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("timed out"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the probe's own timeout"
+    );
+    assert_eq!(admin_get(admin, "/app-health/nope/readyz").await.0, 404);
+}

@@ -10,6 +10,9 @@ pub const INJECTED: &str = "remora.dev/injected";
 pub const TEMPLATE: &str = "remora.dev/template";
 /// Pod label written by the webhook: the workload the pod belongs to.
 pub const WORKLOAD: &str = "remora.dev/workload";
+/// Pod annotation: `"false"` keeps the app's probes as they are (their ports then
+/// bypass the capture) instead of sending them through the proxy's admin port.
+pub const REWRITE_APP_PROBES: &str = "remora.dev/rewrite-app-probes";
 /// Pod annotation: the Secret holding the workload certificate (default `<serviceAccount>-tls`).
 pub const IDENTITY_SECRET: &str = "remora.dev/identity-secret";
 

@@ -11,11 +11,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use remora_api::config::APP_PROBES_ENV;
 use remora_api::crd::{CaptureMode, PullPolicy, SidecarMode, SidecarTemplateSpec};
 
 use crate::annotations;
 use crate::overrides::apply_overrides;
-use crate::probes::kubelet_ports;
+use crate::probes::{kubelet_ports, rewrite_app_probes};
 use crate::templates::SelectedTemplate;
 
 /// The sidecar container.
@@ -88,8 +89,25 @@ pub fn inject(
     let spec = out.spec.as_mut().expect("checked above");
     let volumes = VolumeNames::choose(spec);
 
-    let proxy = proxy_container(&t, &volumes, options);
+    let mut proxy = proxy_container(&t, &volumes, options);
     let init = (t.capture_mode == CaptureMode::Iptables).then(|| {
+        // Probes the proxy can run go through it; the rest bypass the redirect.
+        let rewrite = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::REWRITE_APP_PROBES))
+            .is_none_or(|v| v != "false");
+        if rewrite {
+            let app_probes = rewrite_app_probes(spec, t.ports.admin.0);
+            if !app_probes.is_empty() {
+                let json = serde_json::to_string(&app_probes).expect("probes serialize");
+                proxy
+                    .env
+                    .get_or_insert_with(Vec::new)
+                    .push(env_value(APP_PROBES_ENV, &json));
+            }
+        }
         let probes = kubelet_ports(spec, &mut warnings);
         init_container(&t, &probes)
     });
@@ -533,6 +551,46 @@ mod tests {
         let p = pod(json!({"metadata": {"name": "-x-"}}));
         assert_eq!(workload_name(&p), "x");
         assert_eq!(workload_name(&pod(json!({}))), "");
+    }
+
+    #[test]
+    fn probe_rewriting_can_be_turned_off_per_pod() {
+        let probed = |annotations: serde_json::Value| {
+            pod(json!({
+                "metadata": {"name": "web", "annotations": annotations},
+                "spec": {"containers": [{"name": "web", "image": "web",
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}]}
+            }))
+        };
+        let template = SelectedTemplate::builtin("remora-sidecar:test");
+        let env_of = |p: &Pod| {
+            let spec = p.spec.as_ref().unwrap();
+            let proxy = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == PROXY_CONTAINER)
+                .unwrap();
+            proxy.env.iter().flatten().any(|e| e.name == APP_PROBES_ENV)
+        };
+        let on = inject(&probed(json!({})), &template, &InjectOptions::default()).unwrap();
+        assert!(env_of(&on.pod));
+        let off = inject(
+            &probed(json!({annotations::REWRITE_APP_PROBES: "false"})),
+            &template,
+            &InjectOptions::default(),
+        )
+        .unwrap();
+        assert!(!env_of(&off.pod));
+        let web = &off.pod.spec.as_ref().unwrap().containers[0];
+        let get = web
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(get.port, IntOrString::Int(8080), "left as it was");
     }
 
     #[test]

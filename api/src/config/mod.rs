@@ -9,6 +9,7 @@
 
 mod cluster;
 mod policy;
+mod probe;
 mod route;
 mod validate;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use cluster::*;
 pub use policy::*;
+pub use probe::*;
 pub use route::*;
 
 use crate::FieldErrors;

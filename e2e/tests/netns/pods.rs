@@ -138,6 +138,9 @@ spec:
       image: remora-echo
       args: [--listen, "0.0.0.0:9080", --version, v1]
       ports: [{name: http, containerPort: 9080}]
+      # On the serving port: the webhook rewrites it to the sidecar's admin
+      # port, so 9080 stays captured (strict mTLS still refuses plaintext).
+      readinessProbe: {httpGet: {path: /healthz, port: http}}
 ---
 apiVersion: v1
 kind: Pod
