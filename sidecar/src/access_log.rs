@@ -33,6 +33,12 @@ pub struct AccessRecord {
     pub downstream_address: String,
     #[serde(rename = "downstream.protocol")]
     pub downstream_protocol: &'static str,
+    /// The caller's SPIFFE ID, when it connected with mesh mTLS.
+    #[serde(
+        rename = "downstream.identity",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub downstream_identity: String,
     #[serde(rename = "upstream.protocol")]
     pub upstream_protocol: &'static str,
     #[serde(rename = "host.name")]

@@ -618,11 +618,12 @@ async fn grpc_unreachable_upstream_is_unavailable_from_the_sidecar() {
     assert_eq!(m.seen.calls(), 1);
 }
 
-/// The sidecar forwards `grpc-timeout` untouched and does not enforce it
-/// itself (no route `timeout` here). tonic enforces it on both ends and
-/// reports an expired deadline as `CANCELLED` "Timeout expired" (its
-/// `TimeoutExpired` error), not `DEADLINE_EXCEEDED`; the client's own timer
-/// fires first. Either way the slow handler is abandoned, not finished.
+/// The sidecar forwards `grpc-timeout` and also enforces it (see
+/// `grpc_timeout_header_is_enforced_by_the_sidecar` in protocols.rs), but
+/// tonic's client enforces it too, and its timer, started first, fires first:
+/// tonic reports that as `CANCELLED` "Timeout expired" (its `TimeoutExpired`
+/// error), not `DEADLINE_EXCEEDED`. Either way the slow handler is abandoned,
+/// not finished.
 #[tokio::test]
 async fn grpc_timeout_header_deadline_cancels_the_call() {
     let m = mesh().await;

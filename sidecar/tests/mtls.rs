@@ -87,6 +87,11 @@ fn issue(ca: &MeshCa, sa: &str, ttl: Duration) -> IssuedLeaf {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The server side's access log, in the mesh's temporary directory.
+fn access_log(root: &Path) -> Value {
+    json!({ "enabled": true, "path": root.join("server-access.log").to_string_lossy() })
+}
+
 /// The server side: an inbound listener in front of `app` (HTTP) and
 /// `echo` (opaque TCP on its own listener).
 fn server_config(port: u16, tcp_port: u16, app: SocketAddr, echo: SocketAddr, tls: Value) -> Value {
@@ -185,18 +190,15 @@ impl Mesh {
             watch_interval: Some(Duration::from_millis(50)),
             ..Default::default()
         };
-        let server = Proxy::start(
-            parse(&server_config(
-                server_port,
-                server_tcp_port,
-                app.addr,
-                echo,
-                server_mount.tls(server_mode),
-            )),
-            fast(),
-        )
-        .await
-        .unwrap();
+        let mut cfg = server_config(
+            server_port,
+            server_tcp_port,
+            app.addr,
+            echo,
+            server_mount.tls(server_mode),
+        );
+        cfg["accessLog"] = access_log(root.path());
+        let server = Proxy::start(parse(&cfg), fast()).await.unwrap();
         let client = Proxy::start(
             parse(&client_config(
                 client_port,
@@ -227,13 +229,24 @@ impl Mesh {
     }
 
     fn server_config(&self, tls: Value) -> Value {
-        server_config(
+        let mut cfg = server_config(
             self.server_port,
             self.server_tcp_port,
             self.app.addr,
             self.echo,
             tls,
-        )
+        );
+        cfg["accessLog"] = access_log(self.root.path());
+        cfg
+    }
+
+    /// The server side's access log records so far.
+    fn access_records(&self) -> Vec<Value> {
+        let text =
+            std::fs::read_to_string(self.root.path().join("server-access.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// Another client-side sidecar calling this server with `mount`'s
@@ -598,6 +611,33 @@ async fn authorization_allows_one_identity_and_denies_another() {
         metric(&m, "downstream_authz_denied_total{listener=\"inbound\"}"),
         2,
         "{m}"
+    );
+    // The access log flags the refusals and names who was refused (and who was let in).
+    let logged = eventually(Duration::from_secs(5), async || {
+        mesh.access_records()
+            .iter()
+            .filter(|r| r["response_flags"] == "AZ")
+            .count()
+            == 2
+    })
+    .await;
+    let records = mesh.access_records();
+    assert!(logged, "{records:?}");
+    for r in records.iter().filter(|r| r["response_flags"] == "AZ") {
+        assert_eq!(r["downstream.identity"], spiffe("other"), "{r}");
+        // gRPC refusals are HTTP 200 with grpc-status 7 (PERMISSION_DENIED).
+        let code = if r["downstream.protocol"] == "gRPC" {
+            200
+        } else {
+            403
+        };
+        assert_eq!(r["response_code"], code, "{r}");
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["downstream.identity"] == spiffe("client") && r["response_code"] == 200),
+        "{records:?}"
     );
     assert_eq!(
         metric(

@@ -287,6 +287,45 @@ async fn grpc_local_errors_carry_grpc_status() {
     );
 }
 
+/// A caller's `grpc-timeout` bounds the call in the sidecar too: a stalled
+/// upstream ends in DEADLINE_EXCEEDED from the sidecar at the caller's deadline.
+#[tokio::test]
+async fn grpc_timeout_header_is_enforced_by_the_sidecar() {
+    let stalled = stalling_upstream().await;
+    let port = free_port();
+    let mut cl = static_cluster("stalled", &[stalled.addr]);
+    cl["protocol"] = json!("grpc");
+    cl["connectTimeout"] = json!("10s");
+    let cfg = config(
+        json!([outbound(port)]),
+        json!([{ "name": "slow", "domains": ["slow.ns:50051"], "protocol": "grpc", "routes": [
+            { "name": "all", "action": { "clusters": [{ "cluster": "stalled", "weight": 100 }] } }
+        ]}]),
+        json!([cl]),
+    );
+    let _proxy = start(&cfg).await;
+    let mut c = h2_connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let mut req = grpc_request(
+        "slow.ns:50051",
+        "Unary",
+        Full::new(grpc_frame(b"x")).map_err(Into::into).boxed(),
+    );
+    req.headers_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(5), c.send_request(req))
+        .await
+        .expect("the sidecar answers before the test gives up")
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+    assert_eq!(resp.headers()["x-remora-flags"], "UT");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
 #[tokio::test]
 async fn tcp_pass_through_explicit_and_detected() {
     let echo = tcp_echo().await;

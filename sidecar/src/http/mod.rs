@@ -201,6 +201,11 @@ fn access_record(
         rpc_method,
         downstream_address: conn.peer.to_string(),
         downstream_protocol: if grpc { "gRPC" } else { conn.protocol },
+        downstream_identity: conn
+            .peer_identity
+            .as_deref()
+            .unwrap_or_default()
+            .to_string(),
         host_name: authority(req).unwrap_or_default().to_string(),
         request_size: req
             .headers()

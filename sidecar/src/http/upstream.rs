@@ -85,6 +85,9 @@ pub(super) async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
+    // A gRPC caller's own deadline (`grpc-timeout`) caps the route's timeout,
+    // as Istio configures Envoy to do.
+    let deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
     let retry = route.and_then(|r| r.retry.as_ref()).filter(|_| !upgrading);
     let mut replay: Option<ReplayBody> = None;
     let mut body = Some(body);
@@ -198,7 +201,11 @@ pub(super) async fn forward(
         }
     };
     let upstream_start = Instant::now();
-    let result = match route.and_then(|r| r.timeout) {
+    let timeout = match (route.and_then(|r| r.timeout), deadline) {
+        (Some(r), Some(d)) => Some(r.min(d)),
+        (r, d) => r.or(d),
+    };
+    let result = match timeout {
         Some(t) => match tokio::time::timeout(t, attempt).await {
             Ok(r) => r,
             Err(_) => {
@@ -377,5 +384,47 @@ impl Drop for EndpointActive {
         if let Some(e) = &self.0 {
             e.active.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`), per the gRPC over HTTP/2 spec.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_per_the_spec() {
+        let t = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(t("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(t("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(t("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(t("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(t("123456789m"), None, "more than 8 digits");
+        assert_eq!(t("5x"), None);
+        assert_eq!(t("m"), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }
