@@ -111,13 +111,15 @@ fn config_tls_settings_are_checked() {
         "clusters": [
             { "name": "a", "endpoints": { "static": [{ "address": "127.0.0.1:1" }] },
               "tls": { "mode": "mesh", "identity": "reviews", "meshAddresses": ["10.96.0.10"] } },
-            { "name": "b", "endpoints": "originalDestination", "tls": { "mode": "auto" } }
+            { "name": "b", "endpoints": "originalDestination",
+              "tls": { "mode": "auto", "identity": "spiffe://cluster.local/ns/a/sa/b" } }
         ],
         "tls": { "trustDomain": "a/b", "revokedSerials": ["ABC"] }
     }));
     for want in [
         "clusters[0].tls.meshAddresses: only applies to tls.mode auto",
         "clusters[0].tls.identity: \"reviews\" is not a SPIFFE ID",
+        "clusters[1].tls.identity: only applies to tls.mode mesh",
         "tls.trustBundle: mTLS is on but there is no trust bundle (trustBundle or caFile)",
         "tls.trustDomain: \"a/b\" is not a trust domain",
         "tls.revokedSerials[0]: \"ABC\" is not a lower-case hex serial number",

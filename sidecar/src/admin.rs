@@ -115,13 +115,22 @@ async fn app_probe(probe: &AppProbe) -> Response<Full<Bytes>> {
         };
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let mut req = Request::get(path.as_str())
-            .header(header::HOST, format!("127.0.0.1:{port}"))
-            .header(header::USER_AGENT, "remora-probe");
-        for h in headers {
-            req = req.header(h.name.as_str(), h.value.as_str());
+        let mut req = Request::get(path.as_str()).body(Empty::<Bytes>::new())?;
+        let h = req.headers_mut();
+        h.insert(header::HOST, format!("127.0.0.1:{port}").parse()?);
+        h.insert(
+            header::USER_AGENT,
+            header::HeaderValue::from_static("remora-probe"),
+        );
+        // The probe's own headers replace ours (a `Host` of its own, say), as
+        // the kubelet does.
+        for probe_header in headers {
+            h.insert(
+                header::HeaderName::from_bytes(probe_header.name.as_bytes())?,
+                probe_header.value.parse()?,
+            );
         }
-        let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
+        let resp = send.send_request(req).await?;
         let status = resp.status();
         // Read the body so the app sees a complete exchange.
         let _ = resp.into_body().collect().await;

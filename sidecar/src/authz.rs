@@ -59,15 +59,17 @@ pub struct Authz {
 impl Authz {
     /// `None` when no policy selects a pod with these labels (allow all).
     pub fn compile(policies: &[AuthzPolicy], pod_labels: &Labels) -> Result<Option<Self>, Error> {
-        let selected: Vec<&AuthzPolicy> = policies
+        // With their index in the config, for messages.
+        let selected: Vec<(usize, &AuthzPolicy)> = policies
             .iter()
-            .filter(|p| selector_matches(&p.pod_selector, pod_labels))
+            .enumerate()
+            .filter(|(_, p)| selector_matches(&p.pod_selector, pod_labels))
             .collect();
         if selected.is_empty() {
             return Ok(None);
         }
         let mut rules = Vec::new();
-        for (pi, p) in selected.iter().enumerate() {
+        for &(pi, p) in &selected {
             for (ri, r) in p.rules.iter().enumerate() {
                 let to =
                     r.to.iter()
@@ -83,7 +85,7 @@ impl Authz {
             }
         }
         Ok(Some(Self {
-            policies: selected.iter().map(|p| p.name.clone()).collect(),
+            policies: selected.iter().map(|(_, p)| p.name.clone()).collect(),
             rules,
         }))
     }

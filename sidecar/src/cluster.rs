@@ -113,6 +113,8 @@ struct UpstreamTls {
     expect: Option<Arc<str>>,
     /// Mode `auto`: only these destinations have sidecars.
     only: Option<Arc<HashSet<IpAddr>>>,
+    /// For messages.
+    cluster: Arc<str>,
 }
 
 impl UpstreamTls {
@@ -126,6 +128,7 @@ impl UpstreamTls {
             slot: slot.clone(),
             expect: c.tls.identity.as_deref().map(Arc::from),
             only,
+            cluster: c.name.as_str().into(),
         })
     }
 
@@ -138,7 +141,11 @@ impl UpstreamTls {
             return Ok(Io::plain(tcp));
         }
         let Some(tls) = self.slot.load_full() else {
-            return Err("the cluster uses mesh TLS but the sidecar has no workload certificate (tls section)".into());
+            return Err(format!(
+                "cluster {}: tls.mode needs the sidecar's workload certificate, but the config's tls section loads none",
+                self.cluster
+            )
+            .into());
         };
         let (io, _peer) = tls.connect(tcp, alpn, self.expect.as_deref()).await?;
         Ok(io)
@@ -299,7 +306,12 @@ impl Cluster {
             tower_service::Service::call(&mut self.h2_connector.clone(), Uri::from_parts(uri)?)
                 .await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new());
+        // Pings find a connection whose peer vanished without a reset (a
+        // node gone): it closes, and the next request opens a new one.
+        b.timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let (sender, conn) = tokio::time::timeout(self.connect_timeout, b.handshake(io))
             .await
             .map_err(|_| "HTTP/2 handshake timed out")??;

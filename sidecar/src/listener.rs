@@ -18,7 +18,7 @@ use crate::{
     codec::{self, Codec},
     http::Downstream,
     proxy::Shared,
-    tls::{Alpn, HANDSHAKE_TIMEOUT, Io, TLS_HANDSHAKE},
+    tls::{Alpn, HANDSHAKE_TIMEOUT, Hello, Io, TLS_HANDSHAKE, classify_hello},
 };
 
 /// How long to wait for a client's first bytes before treating the
@@ -86,7 +86,18 @@ async fn serve_connection(
             } else {
                 DETECT_TIMEOUT
             };
-            if first_byte(&stream, wait).await == Some(TLS_HANDSHAKE) {
+            let hello = if first_byte(&stream, wait).await == Some(TLS_HANDSHAKE) {
+                // Strict: all TLS must be mesh mTLS. Permissive: only a peer
+                // sidecar's ClientHello is ours; other TLS passes through.
+                if strict {
+                    Hello::Mesh
+                } else {
+                    peek_hello(&stream).await
+                }
+            } else {
+                Hello::Other
+            };
+            if hello == Hello::Mesh {
                 match tls.accept(stream).await {
                     Ok((s, peer, alpn)) => (s, alpn, Some(peer.identity)),
                     Err(e) => {
@@ -95,6 +106,7 @@ async fn serve_connection(
                     }
                 }
             } else if strict {
+                // (A strict listener only gets here without a ClientHello.)
                 tls.refuse_plaintext();
                 tracing::debug!(listener = %listener, %peer, "plaintext refused (strict mTLS)");
                 return;
@@ -138,6 +150,27 @@ async fn serve_connection(
     });
     drop(policy);
     codec.serve(io, conn, shared.drain.subscribe()).await;
+}
+
+/// Whether the ClientHello waiting on `stream` is a peer sidecar's. A hello
+/// that does not complete within the detection window counts as `Other`.
+async fn peek_hello(stream: &TcpStream) -> Hello {
+    // A TLS record is at most 16 KiB plus its 5-byte header.
+    let mut buf = vec![0u8; 5 + (1 << 14)];
+    let deadline = tokio::time::Instant::now() + DETECT_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Hello::Other,
+        };
+        match classify_hello(&buf[..n]) {
+            Hello::Incomplete if n > 0 => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Hello::Incomplete => return Hello::Other,
+            decided => return decided,
+        }
+    }
 }
 
 /// The first byte the client sent, or `None` if it sent nothing in time.

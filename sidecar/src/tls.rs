@@ -10,7 +10,9 @@
 //!   IPs); a cluster may pin the identity it expects instead.
 //! - Serials on the config's revocation list are refused at handshake, and
 //!   connections already open with such a peer are cut when the list changes.
-//! - ALPN carries the inner protocol: `h2`, `http/1.1` or `remora-tcp`.
+//! - ALPN carries the inner protocol: `remora-h2`, `remora-http/1.1` or
+//!   `remora-tcp`. Mesh-only names: in `permissive` mode a ClientHello that
+//!   offers none of them is someone else's TLS and passes through untouched.
 //! - Session resumption is off, so every connection's peer is verified
 //!   against the revocation list of the moment.
 
@@ -69,10 +71,12 @@ pub enum Alpn {
 impl Alpn {
     pub const ALL: [Alpn; 3] = [Alpn::Http2, Alpn::Http1, Alpn::Opaque];
 
+    /// Mesh-only names, so a sidecar can tell a peer sidecar's ClientHello
+    /// from other TLS (an app's own, the kube-apiserver's, a scraper's).
     pub fn id(self) -> &'static [u8] {
         match self {
-            Alpn::Http2 => b"h2",
-            Alpn::Http1 => b"http/1.1",
+            Alpn::Http2 => b"remora-h2",
+            Alpn::Http1 => b"remora-http/1.1",
             Alpn::Opaque => b"remora-tcp",
         }
     }
@@ -876,6 +880,96 @@ impl AsyncWrite for Io {
 /// The first byte of a TLS record carrying a handshake (ClientHello).
 pub const TLS_HANDSHAKE: u8 = 0x16;
 
+/// What the first TLS record says about the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// A ClientHello offering one of our ALPN names: a peer sidecar.
+    Mesh,
+    /// A complete ClientHello without them: another TLS client.
+    Other,
+    /// Not all of the record has arrived yet.
+    Incomplete,
+}
+
+/// Reads the ALPN offer of the ClientHello at the start of `buf` (peeked,
+/// never consumed). Anything that does not parse as a ClientHello is `Other`.
+pub fn classify_hello(buf: &[u8]) -> Hello {
+    // Record header: type, version, length.
+    let Some(&[TLS_HANDSHAKE, _, _, hi, lo]) = buf.get(..5) else {
+        return if buf.len() < 5 {
+            Hello::Incomplete
+        } else {
+            Hello::Other
+        };
+    };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    let Some(record) = buf.get(5..5 + len) else {
+        return Hello::Incomplete;
+    };
+    match alpn_offer(record) {
+        Some(names) if names.iter().any(|n| Alpn::from_id(n).is_some()) => Hello::Mesh,
+        _ => Hello::Other,
+    }
+}
+
+/// The ALPN protocol names of a ClientHello handshake message.
+fn alpn_offer(msg: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut r = Reader(msg);
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    let body_len = r.u24()?;
+    let body = r.take(body_len)?;
+    let mut r = Reader(body);
+    r.take(2 + 32)?; // version, random
+    let session = usize::from(r.u8()?);
+    r.take(session)?;
+    let suites = r.u16()?;
+    r.take(suites)?;
+    let compression = usize::from(r.u8()?);
+    r.take(compression)?;
+    let exts = r.u16()?;
+    let mut exts = Reader(r.take(exts)?);
+    while !exts.0.is_empty() {
+        let kind = exts.u16()?;
+        let data_len = exts.u16()?;
+        let data = exts.take(data_len)?;
+        if kind == 16 {
+            let mut d = Reader(data);
+            let list = d.u16()?;
+            let mut list = Reader(d.take(list)?);
+            let mut names = Vec::new();
+            while !list.0.is_empty() {
+                let n = usize::from(list.u8()?);
+                names.push(list.take(n)?);
+            }
+            return Some(names);
+        }
+    }
+    Some(Vec::new())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+    fn u24(&mut self) -> Option<usize> {
+        let b = self.take(3)?;
+        Some(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,6 +980,36 @@ mod tests {
             assert_eq!(Alpn::from_id(a.id()), Some(a));
         }
         assert_eq!(Alpn::from_id(b"spdy/3"), None);
+    }
+
+    /// The first flight of a rustls client offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(c), "example.com".try_into().unwrap()).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn client_hellos_are_told_apart_by_their_alpn() {
+        let mesh = client_hello(&[Alpn::Http2.id()]);
+        assert_eq!(classify_hello(&mesh), Hello::Mesh);
+        assert_eq!(classify_hello(&mesh[..mesh.len() - 1]), Hello::Incomplete);
+        assert_eq!(classify_hello(&mesh[..3]), Hello::Incomplete);
+        assert_eq!(
+            classify_hello(&client_hello(&[b"h2", b"http/1.1"])),
+            Hello::Other
+        );
+        assert_eq!(classify_hello(&client_hello(&[])), Hello::Other);
+        assert_eq!(classify_hello(b"GET / HTTP/1.1\r\n"), Hello::Other);
     }
 
     #[test]

@@ -715,3 +715,64 @@ async fn auto_mode_uses_mtls_only_towards_mesh_addresses() {
     let m = client.metrics_text();
     assert!(!m.contains("result=\"error\""), "{m}");
 }
+
+/// The first flight of a TLS client that is not a sidecar (ALPN `h2`).
+fn foreign_client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(c), "app.example".try_into().unwrap()).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// Permissive mode terminates only peer sidecars' TLS (mesh ALPN); anyone
+/// else's TLS — an app's own, the API server calling a webhook, a scraper —
+/// passes through to the app untouched. Strict refuses it.
+#[tokio::test]
+async fn permissive_passes_other_tls_through_and_strict_refuses_it() {
+    let mesh = Mesh::start("permissive").await;
+    let hello = foreign_client_hello();
+    let mut s = tokio::net::TcpStream::connect(local(mesh.server_tcp_port))
+        .await
+        .unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut back = vec![0u8; hello.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert_eq!(
+        back, hello,
+        "the echo app got the ClientHello as it was sent"
+    );
+    let m = mesh.server.metrics_text();
+    assert!(!m.contains("direction=\"inbound\""), "no handshake: {m}");
+    // Mesh traffic on the same listener is still terminated.
+    assert_eq!(mesh.tcp_roundtrip(b"mesh").await.unwrap(), b"mesh");
+    assert_eq!(handshakes(&mesh.server, "inbound", "success"), 1);
+
+    mesh.server
+        .reload(parse(&mesh.server_config(mesh.server_mount.tls("strict"))))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(local(mesh.server_tcp_port))
+        .await
+        .unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut b = [0u8; 6];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b)).await;
+    // The sidecar itself answers (a ServerHello, handshake type 2, asking for
+    // a client certificate the foreign client does not have), or closes:
+    // never the app's echo of the ClientHello (handshake type 1).
+    if let Ok(Ok(_)) = n {
+        assert_ne!(&b[..], &hello[..6], "strict passed foreign TLS through");
+        assert_eq!(b[5], 2, "{b:?}");
+    }
+}

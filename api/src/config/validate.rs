@@ -189,6 +189,12 @@ impl SidecarConfig {
                     "interval and timeout must be longer than 0",
                 );
             }
+            if c.tls.identity.is_some() && c.tls.mode != UpstreamTlsMode::Mesh {
+                errs.push(
+                    format!("{at}.tls.identity"),
+                    "only applies to tls.mode mesh (auto may fall back to plaintext, which has no identity to check)",
+                );
+            }
             if !c.tls.mesh_addresses.is_empty() && c.tls.mode != UpstreamTlsMode::Auto {
                 errs.push(
                     format!("{at}.tls.meshAddresses"),

@@ -210,10 +210,15 @@ pub(super) async fn forward(
             Ok(r) => r,
             Err(_) => {
                 cluster.metrics.request_timeout.inc();
+                let by_caller = deadline.is_some_and(|d| Some(d) == timeout);
                 Err(LocalReply::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "UT",
-                    "upstream request timeout",
+                    if by_caller {
+                        "the caller's grpc-timeout passed"
+                    } else {
+                        "upstream request timeout"
+                    },
                 ))
             }
         },
