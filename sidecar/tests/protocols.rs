@@ -357,6 +357,47 @@ async fn tcp_pass_through_explicit_and_detected() {
     );
 }
 
+/// `Upgrade: h2c` would turn the connection into a tunnel of HTTP/2 streams
+/// past routing and authorization: the proxy drops those headers and
+/// proxies the request as plain HTTP/1.1.
+#[tokio::test]
+async fn h2c_upgrade_requests_are_proxied_as_plain_http1() {
+    let up = upstream("app").await;
+    let port = free_port();
+    let cfg = config(
+        json!([outbound(port)]),
+        json!([one_route("app", "app", json!({}))]),
+        json!([static_cluster("app", &[up.addr])]),
+    );
+    let _proxy = start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("x-request-id") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        !text.contains("upgrade: h2c"),
+        "the app saw the upgrade: {text}"
+    );
+    assert!(!text.contains("http2-settings"), "{text}");
+}
+
 #[tokio::test]
 async fn websocket_upgrade_expect_continue_and_chunked() {
     let up = upstream("ws").await;

@@ -436,9 +436,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A protocol upgrade the proxy passes through (WebSocket and the like).
+/// `Upgrade: h2c` is not one: after it the connection would be a tunnel of
+/// HTTP/2 streams that no route, limit or authorization policy sees, so its
+/// upgrade headers are dropped (as Envoy does) and the request is proxied as
+/// plain HTTP/1.1.
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
