@@ -109,6 +109,20 @@ pub fn inject(
             }
         }
         let probes = kubelet_ports(spec, &mut warnings);
+        // A served port left out of the capture is outside mTLS and authorization.
+        for c in &spec.containers {
+            for p in c.ports.iter().flatten() {
+                if u16::try_from(p.container_port).is_ok_and(|n| probes.contains(&n)) {
+                    warnings.push(format!(
+                        "remora: container {} serves port {} and the kubelet reaches it \
+                         directly (a gRPC or HTTPS probe, or a lifecycle hook), so traffic to \
+                         that port bypasses the sidecar: no mTLS or authorization on it; probe \
+                         another port to keep it in the mesh",
+                        c.name, p.container_port
+                    ));
+                }
+            }
+        }
         init_container(&t, &probes)
     });
     if t.capture_mode == CaptureMode::Explicit {
@@ -591,6 +605,26 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(get.port, IntOrString::Int(8080), "left as it was");
+    }
+
+    #[test]
+    fn a_served_port_left_out_of_the_capture_is_warned_about() {
+        let p = pod(json!({
+            "metadata": {"name": "rpc"},
+            "spec": {"containers": [{"name": "rpc", "image": "rpc",
+                "ports": [{"containerPort": 50051}, {"containerPort": 8080}],
+                "readinessProbe": {"grpc": {"port": 50051}},
+                "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}}}]}
+        }));
+        let template = SelectedTemplate::builtin("remora-sidecar:test");
+        let out = inject(&p, &template, &InjectOptions::default()).unwrap();
+        let about = |port: &str| {
+            out.warnings
+                .iter()
+                .any(|w| w.contains(&format!("serves port {port} ")))
+        };
+        assert!(about("50051"), "{:?}", out.warnings);
+        assert!(!about("8080"), "rewritten, so captured: {:?}", out.warnings);
     }
 
     #[test]

@@ -125,6 +125,22 @@ impl MeshStores {
     }
 }
 
+/// The mesh addresses last seen by the Service watch.
+#[derive(Default)]
+struct LastAddresses(std::sync::Mutex<Option<BTreeSet<IpAddr>>>);
+
+impl LastAddresses {
+    /// Records `now`; true when it differs from the last set seen.
+    fn changed(&self, now: BTreeSet<IpAddr>) -> bool {
+        let mut last = self.0.lock().expect("last addresses");
+        if last.as_ref() == Some(&now) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
 struct MeshConfigContext {
     ctx: Arc<Context>,
     stores: Arc<MeshStores>,
@@ -312,6 +328,7 @@ pub async fn run(ctx: Arc<Context>) {
     let all_for_services = all_namespaces.clone();
     let all_for_namespaces = all_namespaces.clone();
     let stores_for_services = stores.clone();
+    let last_addresses = LastAddresses::default();
     let mtls_on = ctx.config.mtls != remora_api::config::TlsMode::Disabled;
     let own = |ns: Option<String>| ns.map(|n| ObjectRef::<Namespace>::new(&n));
 
@@ -333,22 +350,12 @@ pub async fn run(ctx: Arc<Context>) {
         .watches_stream(limit_events, move |p: RateLimitPolicy| own(p.namespace()))
         // Every config lists the mesh's ClusterIPs: a Service in a mesh
         // namespace, or a namespace joining or leaving, touches them all.
-        .watches_stream(service_events, move |s: Service| {
-            // Only a ClusterIP matters (headless Services have none), and
-            // only when the configs list them (mTLS on).
-            let has_ip = s
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.cluster_ip.as_deref())
-                .is_some_and(|ip| ip.parse::<IpAddr>().is_ok());
-            let ns = s.namespace().unwrap_or_default();
-            let meshed = || {
-                stores_for_services
-                    .namespaces
-                    .get(&ObjectRef::new(&ns))
-                    .is_some_and(|n| in_mesh(&n, &stores_for_services))
-            };
-            if mtls_on && has_ip && meshed() {
+        .watches_stream(service_events, move |_: Service| {
+            // Only when the configs list addresses (mTLS on), and only when
+            // the set of mesh addresses changed: other Service updates
+            // (annotations, status, headless Services) touch no config, and
+            // must not keep the debounce from ever firing.
+            if mtls_on && last_addresses.changed(stores_for_services.mesh_addresses()) {
                 all_for_services()
             } else {
                 Vec::new()
