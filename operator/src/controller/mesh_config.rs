@@ -50,11 +50,13 @@ impl MeshStores {
     /// The ClusterIPs of Services in mesh namespaces: destinations that have
     /// sidecars behind them.
     fn mesh_addresses(&self) -> BTreeSet<IpAddr> {
+        // Namespaces whose pods the webhook injects (the label, as the
+        // webhook reads it), not those that merely hold a Remora resource.
         let meshed: BTreeSet<String> = self
             .namespaces
             .state()
             .iter()
-            .filter(|n| in_mesh(n, self))
+            .filter(|n| injected(n))
             .map(|n| n.name_any())
             .collect();
         self.services
@@ -146,9 +148,17 @@ struct MeshConfigContext {
     stores: Arc<MeshStores>,
 }
 
+/// Whether the webhook injects this namespace's pods (`remora.dev/inject`
+/// = `enabled` or `true`, any case).
+fn injected(ns: &Namespace) -> bool {
+    ns.labels()
+        .get(INJECT_LABEL)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "enabled" || v == "true")
+}
+
 pub fn in_mesh(ns: &Namespace, stores: &MeshStores) -> bool {
-    ns.labels().get(INJECT_LABEL).map(String::as_str) == Some("enabled")
-        || stores.holds_resources(&ns.name_any())
+    injected(ns) || stores.holds_resources(&ns.name_any())
 }
 
 async fn reconcile(ns: Arc<Namespace>, cx: Arc<MeshConfigContext>) -> Result<Action> {
@@ -451,4 +461,27 @@ where
         rx.recv().await.map(|obj| (Ok(obj), rx))
     });
     (store, changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inject_label_is_read_as_the_webhook_reads_it() {
+        let ns = |v: Option<&str>| Namespace {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                labels: v.map(|v| [(INJECT_LABEL.to_string(), v.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        for yes in ["enabled", "true", "TRUE", " Enabled "] {
+            assert!(injected(&ns(Some(yes))), "{yes:?}");
+        }
+        for no in [Some("disabled"), Some("false"), Some("yes"), None] {
+            assert!(!injected(&ns(no)), "{no:?}");
+        }
+    }
 }
