@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod app_probe;
 pub mod authz;
 pub mod balance;
 pub mod cluster;
