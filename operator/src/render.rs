@@ -174,6 +174,7 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
         listeners,
         admin: Admin {
             address: SocketAddr::from(([0, 0, 0, 0], template.ports.admin.0)),
+            ..Admin::default()
         },
         routes: tables.into_iter().map(|(t, _)| t).collect(),
         clusters: inbound_needed
@@ -195,6 +196,7 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
             worker_threads: u16::try_from(template.concurrency).unwrap_or(u16::MAX),
             drain_timeout: template.drain_duration,
             log_level: template.log_level.as_str().into(),
+            ..Runtime::default()
         },
     };
     Rendered {

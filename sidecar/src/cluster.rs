@@ -103,6 +103,9 @@ pub struct Cluster {
     pub max_in_flight: u64,
     /// Mesh mTLS to this cluster's endpoints.
     tls: Option<UpstreamTls>,
+    /// The retry safe requests get without a route policy: once, on a
+    /// failed or reset connection.
+    pub connect_retry: Arc<crate::snapshot::Retry>,
 }
 
 /// How a cluster's connections are secured (modes `mesh` and `auto`).
@@ -204,6 +207,7 @@ impl Cluster {
                 + u64::from(c.limits.max_pending_requests),
             metrics,
             tls: upstream_tls,
+            connect_retry: Arc::new(crate::snapshot::Retry::on_connection_failure()),
         });
         if let Endpoints::Dns(dns) = &c.endpoints {
             tokio::spawn(refresh_dns(

@@ -112,10 +112,11 @@ impl Codec for Http1 {
 
     fn serve(&self, io: Io, conn: Arc<Downstream>, mut drain: watch::Receiver<bool>) -> BoxFuture {
         Box::pin(async move {
+            let keep_alive = !conn.accepted_draining;
             let svc = service_fn(move |req| crate::http::handle(req, conn.clone()));
             let c = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .keep_alive(true)
+                .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             serve_until_drained(c, |c| c.graceful_shutdown(), &mut drain, "h1").await;

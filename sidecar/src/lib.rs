@@ -27,7 +27,7 @@ pub mod snapshot;
 pub mod tcp;
 pub mod tls;
 
-pub use proxy::{Options, Proxy, ProxyHandle, Shared};
+pub use proxy::{LogLevel, Options, Proxy, ProxyHandle, Shared};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +52,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the same config may apply later unchanged: a port still held
+    /// by another process, certificate files not mounted yet.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Bind { .. } | Error::Tls(_) | Error::Io(_))
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Config(_) | Error::Load(_) => "config",

@@ -31,7 +31,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut drain = shared.drain.subscribe();
+    let mut closed = shared.closed.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
@@ -44,7 +44,7 @@ pub async fn accept_loop(
                 }
             },
             _ = crate::proxy::until_true(&mut stop) => break,
-            _ = crate::proxy::until_true(&mut drain) => break,
+            _ = crate::proxy::until_true(&mut closed) => break,
         };
         let shared = shared.clone();
         let name = name.clone();
@@ -63,6 +63,8 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let _tracked = shared.track_connection();
+    // Accepted while draining: serve, but do not keep the connection.
+    let accepted_draining = shared.draining();
     let Some(policy) = shared.snapshot.load().listeners.get(&listener).cloned() else {
         return;
     };
@@ -147,9 +149,17 @@ async fn serve_connection(
         h2: codec.name() == "HTTP/2",
         protocol: codec.name(),
         peer_identity,
+        accepted_draining,
     });
     drop(policy);
-    codec.serve(io, conn, shared.drain.subscribe()).await;
+    // A connection opened during the drain's grace is closed with the
+    // listeners, not at once (it has not served its request yet).
+    let close_when = if accepted_draining {
+        shared.closed.subscribe()
+    } else {
+        shared.drain.subscribe()
+    };
+    codec.serve(io, conn, close_when).await;
 }
 
 /// Whether the ClientHello waiting on `stream` is a peer sidecar's. A hello

@@ -155,14 +155,7 @@ fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyh
             .map_err(|e| anyhow::anyhow!("REMORA_APP_PROBES is not a valid probe list: {e}"))?,
         None => Default::default(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.runtime.log_level));
-    // Logs go to stderr; stdout carries the access log.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_level = init_logging(&config.runtime.log_level);
     let labels = match pod_labels {
         Some(p) => read_pod_labels(p)?,
         None => Default::default(),
@@ -185,16 +178,20 @@ fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyh
     };
     rt.block_on(async move {
         let drain_timeout = config.runtime.drain_timeout.as_std();
+        let drain_grace = config.runtime.drain_grace.as_std();
         let opts = Options {
             pod_labels: labels,
             config_path: Some(path.to_path_buf()),
             watch_interval: None,
             app_probes,
+            log_level: Some(log_level),
         };
         let handle = Proxy::start(config, opts).await?;
         shutdown_signal().await;
-        tracing::info!("shutting down: draining for up to {drain_timeout:?}");
-        let left = handle.shutdown(drain_timeout).await;
+        tracing::info!(
+            "shutting down: accepting for {drain_grace:?} more, then draining for up to {drain_timeout:?}"
+        );
+        let left = handle.shutdown_gracefully(drain_grace, drain_timeout).await;
         if left > 0 {
             tracing::warn!("{left} connections still open at the drain deadline");
         } else {
@@ -205,6 +202,37 @@ fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyh
     // Connections still open at the deadline are cut by exiting.
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Logs go to stderr (stdout carries the access log), filtered by `RUST_LOG`
+/// or the config's level; the returned handle changes the filter at run time.
+fn init_logging(level: &str) -> remora_sidecar::LogLevel {
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
+    let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    let current = std::sync::Mutex::new(initial);
+    remora_sidecar::LogLevel(std::sync::Arc::new(move |new: Option<&str>| {
+        let mut current = current.lock().expect("log level lock");
+        if let Some(directive) = new {
+            let filter = EnvFilter::try_new(directive)
+                .map_err(|e| format!("not a log level or filter: {directive:?}: {e}"))?;
+            handle
+                .reload(filter)
+                .map_err(|e| format!("cannot change the log filter: {e}"))?;
+            tracing::warn!(filter = directive, "log level changed");
+            *current = directive.to_owned();
+        }
+        Ok(current.clone())
+    }))
 }
 
 async fn shutdown_signal() {

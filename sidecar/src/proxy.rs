@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -38,7 +38,17 @@ pub struct Options {
     pub watch_interval: Option<Duration>,
     /// The app's probes, answered on the admin port (`/app-health/...`).
     pub app_probes: AppProbes,
+    /// Changes the process's log level (`POST /logging` on the control port).
+    pub log_level: Option<LogLevel>,
 }
+
+/// Sets the log filter of the process (`tracing_subscriber`'s reload handle,
+/// wrapped by the binary) and reports the level now in force.
+#[derive(Clone)]
+pub struct LogLevel(pub Arc<SetLogLevel>);
+
+/// Given `Some(directive)`, applies it; either way returns the filter in force.
+pub type SetLogLevel = dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync;
 
 /// State shared by every listener, connection and the admin server.
 pub struct Shared {
@@ -49,10 +59,17 @@ pub struct Shared {
     pub app_probes: AppProbes,
     /// The workload identity, while the config uses mesh TLS.
     pub tls: TlsSlot,
-    /// `true` once draining: listeners stop accepting, connections close
-    /// when their in-flight requests finish.
+    /// `true` once draining: `/ready` fails and connections close when their
+    /// in-flight requests finish (HTTP/1 `Connection: close`, HTTP/2 GOAWAY).
+    /// Listeners still accept until `closed`.
     pub drain: watch::Sender<bool>,
+    /// `true` once listeners have stopped accepting.
+    pub closed: watch::Sender<bool>,
     pub ready: AtomicBool,
+    pub log_level: Option<LogLevel>,
+    /// When a drain started, `/live` fails after this instant (the drain's
+    /// grace and timeout), so the kubelet restarts a proxy left drained.
+    not_live_after: std::sync::Mutex<Option<Instant>>,
     connections: AtomicUsize,
     idle: Notify,
     reload_applied: Counter,
@@ -90,10 +107,43 @@ impl Shared {
         *self.drain.borrow()
     }
 
-    /// Stops accepting everywhere and asks connections to finish.
+    /// Fails `/ready` and asks open connections to finish; listeners go on
+    /// accepting (each new connection serves one HTTP/1 request, or HTTP/2
+    /// until listeners close) until [`Shared::stop_accepting`].
     pub fn start_drain(&self) {
         self.ready.store(false, Ordering::Release);
+        let runtime = &self.snapshot.load().config.runtime;
+        let until = Instant::now() + runtime.drain_grace.as_std() + runtime.drain_timeout.as_std();
+        self.not_live_after
+            .lock()
+            .expect("live lock")
+            .get_or_insert(until);
         self.drain.send_replace(true);
+    }
+
+    /// Stops every listener from accepting.
+    pub fn stop_accepting(&self) {
+        self.start_drain();
+        self.closed.send_replace(true);
+    }
+
+    /// Drains as on SIGTERM without exiting: `/ready` fails at once, listeners
+    /// accept for `grace` more, then stop.
+    pub fn drain_gracefully(self: &Arc<Self>, grace: Duration) {
+        self.start_drain();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            shared.stop_accepting();
+        });
+    }
+
+    /// False once a drain has outlasted its grace and timeout.
+    pub fn live(&self) -> bool {
+        self.not_live_after
+            .lock()
+            .expect("live lock")
+            .is_none_or(|t| Instant::now() < t)
     }
 
     /// Compiles and swaps in a new config. Nothing changes when it fails.
@@ -128,7 +178,7 @@ impl Shared {
         config.validate().map_err(|e| Error::Load(e.into()))?;
         let mut running = self.listeners.lock().await;
         let old = self.snapshot.load_full();
-        if config.admin.address != old.config.admin.address {
+        if config.admin != old.config.admin {
             tracing::warn!("admin address changes take effect on restart");
         }
         // Read certificates first: a section naming unreadable files is refused.
@@ -248,6 +298,7 @@ pub struct Proxy;
 pub struct ProxyHandle {
     pub shared: Arc<Shared>,
     admin: SocketAddr,
+    control: SocketAddr,
 }
 
 impl Proxy {
@@ -289,7 +340,10 @@ impl Proxy {
             app_probes: opts.app_probes.clone(),
             tls: tls_slot,
             drain: watch::channel(false).0,
+            closed: watch::channel(false).0,
             ready: AtomicBool::new(false),
+            log_level: opts.log_level.clone(),
+            not_live_after: std::sync::Mutex::new(None),
             connections: AtomicUsize::new(0),
             idle: Notify::new(),
             listeners: Mutex::new(HashMap::new()),
@@ -297,6 +351,8 @@ impl Proxy {
         let snap = shared.snapshot.load_full();
         let admin_socket = bind("admin", snap.config.admin.address).await?;
         let admin = admin_socket.local_addr()?;
+        let control_socket = bind("admin-control", snap.config.admin.control_address).await?;
+        let control = control_socket.local_addr()?;
         {
             let mut running = shared.listeners.lock().await;
             for l in &snap.config.listeners {
@@ -304,7 +360,7 @@ impl Proxy {
                     Ok(s) => s,
                     Err(e) => {
                         // Stop the listeners already started.
-                        shared.start_drain();
+                        shared.stop_accepting();
                         return Err(e);
                     }
                 };
@@ -315,15 +371,28 @@ impl Proxy {
                 );
             }
         }
-        tokio::spawn(crate::admin::serve(admin_socket, shared.clone()));
+        tokio::spawn(crate::admin::serve(
+            admin_socket,
+            shared.clone(),
+            crate::admin::Scope::Public,
+        ));
+        tokio::spawn(crate::admin::serve(
+            control_socket,
+            shared.clone(),
+            crate::admin::Scope::Control,
+        ));
         let every = opts.watch_interval.unwrap_or(Duration::from_secs(1));
         if let Some(path) = opts.config_path.clone() {
             tokio::spawn(watch_file(path, shared.clone(), every));
         }
         tokio::spawn(watch_certificates(shared.clone(), every));
         shared.ready.store(true, Ordering::Release);
-        tracing::info!(%admin, hash = %snap.config.content_hash(), "remora-sidecar ready");
-        Ok(ProxyHandle { shared, admin })
+        tracing::info!(%admin, %control, hash = %snap.config.content_hash(), "remora-sidecar ready");
+        Ok(ProxyHandle {
+            shared,
+            admin,
+            control,
+        })
     }
 }
 
@@ -333,8 +402,14 @@ impl ProxyHandle {
         self.shared.listeners.lock().await.get(name).map(|r| r.addr)
     }
 
+    /// The pod-reachable admin port: health, metrics, app probes.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The loopback control port: drain, config dump, log level.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control
     }
 
     pub async fn reload(&self, config: SidecarConfig) -> Result<(), Error> {
@@ -348,7 +423,17 @@ impl ProxyHandle {
     /// Stops accepting, lets in-flight requests finish (up to `timeout`),
     /// and returns how many connections were still open at the deadline.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.shutdown_gracefully(Duration::ZERO, timeout).await
+    }
+
+    /// What SIGTERM does: `/ready` fails and open connections are asked to
+    /// close at once, listeners keep accepting for `grace` (callers whose
+    /// endpoint lists still name this pod are served), then stop; in-flight
+    /// requests get up to `timeout` more. Returns the connections still open.
+    pub async fn shutdown_gracefully(&self, grace: Duration, timeout: Duration) -> usize {
         self.shared.start_drain();
+        tokio::time::sleep(grace).await;
+        self.shared.stop_accepting();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let idle = self.shared.idle.notified();
@@ -364,15 +449,18 @@ impl ProxyHandle {
 
 /// Polls the config file's content; a changed document is reloaded, an
 /// invalid one refused (once per distinct content) while the old one serves.
+/// A refusal for a passing reason (a port still taken, certificate files not
+/// mounted yet) is retried every tick until it applies or the file changes.
 async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
     // Starts unknown: the first read parses the file and finds it equal to
     // the running config (a no-op) unless it changed after startup.
-    let mut last = None;
-    let mut drain = shared.drain.subscribe();
+    let mut settled = None;
+    let mut retrying = None;
+    let mut closed = shared.closed.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = crate::proxy::until_true(&mut drain) => return,
+            _ = crate::proxy::until_true(&mut closed) => return,
         }
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
@@ -382,17 +470,41 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
             }
         };
         let h = hash_bytes(&bytes);
-        if last == Some(h) {
+        if settled == Some(h) {
             continue;
         }
-        last = Some(h);
-        match SidecarConfig::from_json(&bytes) {
-            Ok(c) if c.content_hash() == shared.snapshot.load().config.content_hash() => {}
-            Ok(c) => {
-                let _ = shared.reload(c).await;
+        let config = match SidecarConfig::from_json(&bytes) {
+            Ok(c) if c.content_hash() == shared.snapshot.load().config.content_hash() => {
+                settled = Some(h);
+                continue;
             }
+            Ok(c) => c,
             Err(_) => {
+                // Parse and validation errors are the content's own: final.
                 let _ = shared.reload_json(&bytes).await;
+                settled = Some(h);
+                continue;
+            }
+        };
+        let result = if retrying == Some(h) {
+            // Counted and logged once already; try again quietly.
+            shared.apply(config).await.inspect(|()| {
+                shared.reload_applied.inc();
+                tracing::info!("config reloaded after a retry");
+            })
+        } else {
+            shared.reload(config).await
+        };
+        match result {
+            Err(e) if e.is_transient() => {
+                if retrying != Some(h) {
+                    tracing::warn!("will retry the config reload every {every:?}: {e}");
+                }
+                retrying = Some(h);
+            }
+            _ => {
+                settled = Some(h);
+                retrying = None;
             }
         }
     }
@@ -400,11 +512,11 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
 
 /// Re-reads the workload certificate files (rotation writes new ones).
 async fn watch_certificates(shared: Arc<Shared>, every: Duration) {
-    let mut drain = shared.drain.subscribe();
+    let mut closed = shared.closed.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = crate::proxy::until_true(&mut drain) => return,
+            _ = crate::proxy::until_true(&mut closed) => return,
         }
         if let Some(t) = shared.tls.load_full() {
             t.reload_files();

@@ -108,6 +108,18 @@ pub struct Retry {
 }
 
 impl Retry {
+    /// One more try after a connection failure or reset, within a 20 %
+    /// budget (at least 10 a second).
+    pub fn on_connection_failure() -> Self {
+        Self {
+            attempts: 1,
+            per_try_timeout: None,
+            on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+            backoff: Duration::ZERO,
+            budget: RetryBudget::new(20, 10),
+        }
+    }
+
     pub fn on(&self, r: RetryOn) -> bool {
         self.on.contains(&r)
     }

@@ -19,7 +19,7 @@ fn two_cluster_config(port: u16, admin: u16, a: SocketAddr, b: SocketAddr, to: &
         json!([one_route("svc", to, json!({}))]),
         json!([static_cluster("a", &[a]), static_cluster("b", &[b])]),
     );
-    cfg["admin"] = json!({ "address": addr(admin) });
+    cfg["admin"] = json!({ "address": addr(admin), "controlAddress": addr(free_port()) });
     cfg
 }
 
@@ -145,7 +145,7 @@ async fn watched_file_reloads_and_invalid_file_is_refused() {
     })
     .await;
     assert!(switched);
-    let (_, dump) = admin_get(proxy.admin_addr(), "/config_dump").await;
+    let (_, dump) = admin_get(proxy.control_addr(), "/config_dump").await;
     let dumped: Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(
         dumped["routes"][0]["routes"][0]["action"]["clusters"][0]["cluster"],
@@ -257,7 +257,9 @@ async fn admin_endpoints_and_access_log() {
     ] {
         assert!(m.contains(name), "missing {name}:\n{m}");
     }
-    let (_, dump) = admin_get(admin, "/config_dump").await;
+    let control = proxy.control_addr();
+    assert!(control.ip().is_loopback());
+    let (_, dump) = admin_get(control, "/config_dump").await;
     assert_eq!(parse(&serde_json::from_str(&dump).unwrap()), parse(&cfg));
 
     let logged = eventually(Duration::from_secs(5), async || {
@@ -286,7 +288,7 @@ async fn admin_endpoints_and_access_log() {
     let c = h1_client();
     let resp = c
         .request(
-            http::Request::post(format!("http://{admin}/drain"))
+            http::Request::post(format!("http://{control}/drain"))
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .unwrap(),
         )
@@ -421,6 +423,7 @@ async fn example_local_config_loads_and_transparent_falls_back_to_local_address(
     v["listeners"][0]["address"] = json!(addr(free_port()));
     v["listeners"][1]["address"] = json!(addr(free_port()));
     v["admin"]["address"] = json!(addr(free_port()));
+    v["admin"]["controlAddress"] = json!(addr(free_port()));
     v["accessLog"]["enabled"] = json!(false);
     let proxy = start(&v).await;
     assert_eq!(admin_get(proxy.admin_addr(), "/ready").await.0, 200);

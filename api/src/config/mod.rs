@@ -45,7 +45,8 @@ pub struct SidecarConfig {
     pub namespace: Option<String>,
     /// Where the proxy accepts traffic.
     pub listeners: Vec<Listener>,
-    /// The admin endpoint (`/ready`, `/live`, `/metrics`, `/config_dump`, `/drain`).
+    /// The admin endpoints: health and metrics on a pod-reachable port, state
+    /// changes and the config dump on loopback only.
     #[serde(default)]
     pub admin: Admin,
     /// Route tables, one per destination service (virtual host).
@@ -120,15 +121,34 @@ pub enum ListenerProtocol {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Admin {
+    /// What the kubelet and Prometheus reach: `GET /ready`, `/live`,
+    /// `/metrics` and the app's rewritten probes (`/app-health/...`). Nothing
+    /// here changes or reveals state.
     pub address: SocketAddr,
+    /// Loopback only: `POST /drain`, `GET /config_dump`, `GET`/`POST /logging`
+    /// (log level), plus everything `address` answers.
+    #[serde(default = "control_default")]
+    pub control_address: SocketAddr,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            control_address: control_default(),
         }
     }
+}
+
+impl Admin {
+    /// Whether `addr` is one of the admin sockets (port 0 never collides).
+    pub fn uses(&self, addr: SocketAddr) -> bool {
+        addr.port() != 0 && (addr == self.address || addr == self.control_address)
+    }
+}
+
+fn control_default() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15009))
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -168,6 +188,11 @@ pub struct Runtime {
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "drain_default")]
     pub drain_timeout: crate::Duration,
+    /// On SIGTERM, how long the proxy keeps accepting (with `/ready` failing
+    /// and every response closing its connection) before it stops accepting,
+    /// so callers that still route here while endpoints update are served.
+    #[serde(default = "grace_default")]
+    pub drain_grace: crate::Duration,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     #[serde(default = "info")]
     pub log_level: String,
@@ -178,6 +203,7 @@ impl Default for Runtime {
         Self {
             worker_threads: one(),
             drain_timeout: drain_default(),
+            drain_grace: grace_default(),
             log_level: info(),
         }
     }
@@ -196,6 +222,9 @@ fn info() -> String {
     "info".into()
 }
 fn drain_default() -> crate::Duration {
+    crate::Duration::from_secs(5)
+}
+fn grace_default() -> crate::Duration {
     crate::Duration::from_secs(5)
 }
 

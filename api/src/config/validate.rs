@@ -21,7 +21,7 @@ impl SidecarConfig {
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
-            if !addresses.insert(l.address) || l.address == self.admin.address {
+            if !addresses.insert(l.address) || self.admin.uses(l.address) {
                 errs.push(
                     format!("{at}.address"),
                     format!("address {} is used twice", l.address),
@@ -97,6 +97,22 @@ impl SidecarConfig {
                     "unknown log level {:?}; use error, warn, info, debug or trace",
                     self.runtime.log_level
                 ),
+            );
+        }
+        let control = self.admin.control_address;
+        if !control.ip().is_loopback() {
+            errs.push(
+                "admin.controlAddress",
+                format!(
+                    "{control} is not a loopback address; the control port drains the proxy and \
+                     dumps its config, so it binds 127.0.0.1 or ::1 only"
+                ),
+            );
+        }
+        if control.port() != 0 && control == self.admin.address {
+            errs.push(
+                "admin.controlAddress",
+                format!("{control} is also admin.address; use another port"),
             );
         }
         if self.runtime.worker_threads == 0 {

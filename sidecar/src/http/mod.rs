@@ -46,6 +46,8 @@ pub struct Downstream {
     pub protocol: &'static str,
     /// The caller's SPIFFE ID, when it connected with mesh TLS.
     pub peer_identity: Option<Arc<str>>,
+    /// Accepted while the proxy drains: HTTP/1 serves one request and closes.
+    pub accepted_draining: bool,
 }
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

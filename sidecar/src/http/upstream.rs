@@ -88,7 +88,14 @@ pub(super) async fn forward(
     // A gRPC caller's own deadline (`grpc-timeout`) caps the route's timeout,
     // as Istio configures Envoy to do.
     let deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
-    let retry = route.and_then(|r| r.retry.as_ref()).filter(|_| !upgrading);
+    // Without a retry policy, a request with no body to resend and a safe
+    // method still gets one more try when its connection fails (an endpoint
+    // going away during a rollout), as Envoy and Linkerd do by default.
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let retry = route
+        .and_then(|r| r.retry.as_ref())
+        .or_else(|| (bodiless && is_safe(&parts.method)).then_some(&cluster.connect_retry))
+        .filter(|_| !upgrading);
     let mut replay: Option<ReplayBody> = None;
     let mut body = Some(body);
     let budget = retry.map(|r| &r.budget);
@@ -99,8 +106,11 @@ pub(super) async fn forward(
 
     let attempt = async {
         let mut tries = 0u32;
+        // The budget slot of the retry in flight, released when it is done.
+        let mut retry_slot: Option<RetrySlot> = None;
         loop {
             let upstream_body: UpstreamBody = match (body.take(), &replay) {
+                _ if bodiless => empty(),
                 (Some(b), _) if retry.is_some() => {
                     let r = ReplayBody::new(b);
                     replay = Some(r.clone());
@@ -133,6 +143,7 @@ pub(super) async fn forward(
                 authority: authority.as_ref(),
             };
             let (result, target) = try_once(cluster, up, dest, hash, conn, h2, per_try).await?;
+            drop(retry_slot.take());
             if ex.logging {
                 ex.rec.upstream_address = target.map(|t| t.to_string()).unwrap_or_default();
             }
@@ -158,17 +169,17 @@ pub(super) async fn forward(
             };
             let can_retry = retriable
                 && retry.is_some_and(|p| tries < p.attempts)
-                && replay.as_ref().is_some_and(|r| r.replay().is_some());
+                && (bodiless || replay.as_ref().is_some_and(|r| r.replay().is_some()));
             if can_retry {
                 let p: &Retry = retry.expect("checked");
                 if p.budget.try_acquire() {
+                    retry_slot = Some(RetrySlot(&p.budget));
                     tries += 1;
                     ex.rec.retries = tries;
                     cluster.metrics.request_retry.inc();
                     let cap = p.backoff.saturating_mul(1 << (tries - 1).min(6));
                     let jitter = rand::rng().random_range(0..=cap.as_millis() as u64);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    p.budget.release();
                     continue;
                 }
                 cluster.metrics.request_retry_overflow.inc();
@@ -246,6 +257,23 @@ pub(super) async fn forward(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))
+}
+
+/// GET, HEAD, OPTIONS and TRACE: safe to send twice.
+fn is_safe(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
+}
+
+/// A retry's claim on the budget, from its grant until its try returns.
+struct RetrySlot<'a>(&'a crate::snapshot::RetryBudget);
+
+impl Drop for RetrySlot<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 struct BudgetGuard<'a>(Option<&'a crate::snapshot::RetryBudget>);

@@ -286,7 +286,7 @@ pub fn config(listeners: Value, routes: Value, clusters: Value) -> Value {
     json!({
         "version": 1,
         "listeners": listeners,
-        "admin": { "address": addr(free_port()) },
+        "admin": { "address": addr(free_port()), "controlAddress": addr(free_port()) },
         "routes": routes,
         "clusters": clusters,
         "accessLog": { "enabled": false },
