@@ -69,7 +69,12 @@ fn answer(req: &Request<Incoming>, shared: &Arc<Shared>, scope: Scope) -> Respon
             }
         }
         (&Method::GET, "/ready") => {
-            if shared.ready.load(Ordering::Acquire) && !shared.draining() {
+            if !shared.has_needed_identity() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: strict mTLS and no workload identity yet\n",
+                )
+            } else if shared.ready.load(Ordering::Acquire) && !shared.draining() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

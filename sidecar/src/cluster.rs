@@ -106,6 +106,10 @@ pub struct Cluster {
     /// The retry safe requests get without a route policy: once, on a
     /// failed or reset connection.
     pub connect_retry: Arc<crate::snapshot::Retry>,
+    pub plain_until_identity: bool,
+    /// Built while the sidecar had no identity: its pools may hold
+    /// plaintext connections, so it is rebuilt once the identity arrives.
+    pub built_without_identity: bool,
 }
 
 /// How a cluster's connections are secured (modes `mesh` and `auto`).
@@ -118,10 +122,13 @@ struct UpstreamTls {
     only: Option<Arc<HashSet<IpAddr>>>,
     /// For messages.
     cluster: Arc<str>,
+    /// The mesh is `permissive`: until this sidecar has its identity, it
+    /// calls in plaintext (which permissive servers accept) rather than fail.
+    plain_until_identity: bool,
 }
 
 impl UpstreamTls {
-    fn of(c: &config::Cluster, slot: &TlsSlot) -> Option<Self> {
+    fn of(c: &config::Cluster, slot: &TlsSlot, plain_until_identity: bool) -> Option<Self> {
         let only = match c.tls.mode {
             UpstreamTlsMode::Disabled => return None,
             UpstreamTlsMode::Mesh => None,
@@ -132,6 +139,7 @@ impl UpstreamTls {
             expect: c.tls.identity.as_deref().map(Arc::from),
             only,
             cluster: c.name.as_str().into(),
+            plain_until_identity,
         })
     }
 
@@ -144,6 +152,9 @@ impl UpstreamTls {
             return Ok(Io::plain(tcp));
         }
         let Some(tls) = self.slot.load_full() else {
+            if self.plain_until_identity {
+                return Ok(Io::plain(tcp));
+            }
             return Err(format!(
                 "cluster {}: tls.mode needs the sidecar's workload certificate, but the config's tls section loads none",
                 self.cluster
@@ -156,9 +167,16 @@ impl UpstreamTls {
 }
 
 impl Cluster {
-    pub fn new(c: &config::Cluster, reg: &Registry, tls: &TlsSlot) -> Arc<Self> {
+    /// `plain_until_identity`: the mesh is permissive, so calls go out in
+    /// plaintext while the sidecar has no workload certificate yet.
+    pub fn new(
+        c: &config::Cluster,
+        reg: &Registry,
+        tls: &TlsSlot,
+        plain_until_identity: bool,
+    ) -> Arc<Self> {
         let metrics = ClusterMetrics::new(reg, &c.name);
-        let upstream_tls = UpstreamTls::of(c, tls);
+        let upstream_tls = UpstreamTls::of(c, tls, plain_until_identity);
         let targets = match &c.endpoints {
             Endpoints::Static(eps) => Targets::Balanced(Arc::new(Balancer::new(
                 c.load_balancer.policy,
@@ -189,6 +207,7 @@ impl Cluster {
                 }),
             }
         };
+        let built_without_identity = upstream_tls.is_some() && tls.load().is_none();
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(c.idle_timeout.as_std())
             .pool_timer(TokioTimer::new())
@@ -208,6 +227,8 @@ impl Cluster {
             metrics,
             tls: upstream_tls,
             connect_retry: Arc::new(crate::snapshot::Retry::on_connection_failure()),
+            plain_until_identity,
+            built_without_identity,
         });
         if let Endpoints::Dns(dns) = &c.endpoints {
             tokio::spawn(refresh_dns(

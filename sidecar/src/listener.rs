@@ -116,6 +116,12 @@ async fn serve_connection(
                 (Io::plain(stream), None, None)
             }
         }
+        (TlsMode::Strict, None) => {
+            // No workload identity yet: strict serves nothing (and `/ready`
+            // fails) until it arrives.
+            tracing::debug!(listener = %listener, %peer, "refused: strict mTLS and no identity yet");
+            return;
+        }
         _ => (Io::plain(stream), None, None),
     };
     let codecs: &[&dyn Codec] = match policy.protocol {

@@ -189,7 +189,10 @@ impl Shared {
         }
         let tls_change = match (tls::needed(&config), self.tls.load_full()) {
             (true, Some(t)) => TlsChange::Keep(t.clone(), Box::new(t.prepare(&config.tls)?)),
-            (true, None) => TlsChange::Start(MeshTls::new(&config.tls, &self.registry)?),
+            (true, None) => match load_identity(&config, &self.registry)? {
+                Some(t) => TlsChange::Start(t),
+                None => TlsChange::Stop,
+            },
             (false, _) => TlsChange::Stop,
         };
         let snap = Snapshot::compile(
@@ -272,6 +275,37 @@ impl Shared {
     }
 }
 
+/// The workload identity the config's `tls` section names. Files that are
+/// not there yet (the certificate is still being issued or mounted) are no
+/// error: the proxy starts without mesh TLS — `permissive` serves and calls
+/// in plaintext, `strict` refuses inbound and is not ready — and picks the
+/// identity up when the files appear.
+fn load_identity(
+    config: &SidecarConfig,
+    registry: &Registry,
+) -> Result<Option<Arc<MeshTls>>, Error> {
+    match MeshTls::new(&config.tls, registry) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.is_missing_material() => {
+            tracing::warn!(
+                mode = ?config.tls.mode,
+                "no workload identity yet ({e}); waiting for it"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the proxy can serve as its config says: `strict` needs the
+/// workload identity.
+impl Shared {
+    pub fn has_needed_identity(&self) -> bool {
+        self.snapshot.load().config.tls.mode != remora_api::config::TlsMode::Strict
+            || self.tls.load().is_some()
+    }
+}
+
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, Error> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -315,7 +349,7 @@ impl Proxy {
         };
         let tls_slot = TlsSlot::default();
         if tls::needed(&config) {
-            tls_slot.store(Some(MeshTls::new(&config.tls, &registry)?));
+            tls_slot.store(load_identity(&config, &registry)?);
         }
         let snap = Snapshot::compile(config, None, &registry, &opts.pod_labels, &tls_slot)?;
         for c in snap.clusters.values() {
@@ -518,8 +552,23 @@ async fn watch_certificates(shared: Arc<Shared>, every: Duration) {
             _ = tokio::time::sleep(every) => {}
             _ = crate::proxy::until_true(&mut closed) => return,
         }
-        if let Some(t) = shared.tls.load_full() {
-            t.reload_files();
+        match shared.tls.load_full() {
+            Some(t) => {
+                t.reload_files();
+            }
+            None => {
+                let snap = shared.snapshot.load_full();
+                if tls::needed(&snap.config)
+                    && let Ok(t) = MeshTls::new(&snap.config.tls, &shared.registry)
+                {
+                    shared.tls.store(Some(t));
+                    tracing::info!("workload identity loaded: mesh TLS on");
+                    // Clusters that called in plaintext meanwhile get fresh pools.
+                    if let Err(e) = shared.apply((*snap.config).clone()).await {
+                        tracing::warn!("could not rebuild clusters for mesh TLS: {e}");
+                    }
+                }
+            }
         }
     }
 }

@@ -230,14 +230,19 @@ impl Snapshot {
         tls: &TlsSlot,
     ) -> Result<Self, Error> {
         let mut clusters = HashMap::new();
+        let permissive = config.tls.mode == remora_api::config::TlsMode::Permissive;
         for c in &config.clusters {
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.config == *c)
+                .filter(|old| {
+                    old.config == *c
+                        && old.plain_until_identity == permissive
+                        && !(old.built_without_identity && tls.load().is_some())
+                })
                 .cloned();
             clusters.insert(
                 c.name.clone(),
-                reused.unwrap_or_else(|| Cluster::new(c, reg, tls)),
+                reused.unwrap_or_else(|| Cluster::new(c, reg, tls, permissive)),
             );
         }
         let cluster = |name: &str| {

@@ -116,6 +116,18 @@ pub enum TlsError {
     Trust(String),
 }
 
+impl TlsError {
+    /// The certificate files are not there yet, or are half-written: the
+    /// identity is still being issued or mounted.
+    pub fn is_missing_material(&self) -> bool {
+        match self {
+            TlsError::Read { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            TlsError::Pem { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// Who is on the other end of a verified connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {

@@ -352,7 +352,8 @@ async fn a_certificate_from_another_ca_is_refused_both_ways() {
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("alert"), "{body}");
     assert_eq!(mesh.app.hits(), 0);
-    assert_eq!(handshakes(&mesh.server, "inbound", "untrusted"), 1);
+    // 2: a failed connection is tried once more by default.
+    assert_eq!(handshakes(&mesh.server, "inbound", "untrusted"), 2);
     drop(impostor);
 
     // A client that trusts only the stranger CA refuses the real server.
@@ -362,7 +363,7 @@ async fn a_certificate_from_another_ca_is_refused_both_ways() {
         .await
         .unwrap();
     assert_eq!(s, 503);
-    assert_eq!(handshakes(&wary, "outbound", "untrusted"), 1);
+    assert_eq!(handshakes(&wary, "outbound", "untrusted"), 2);
     assert_eq!(mesh.app.hits(), 0);
 }
 
@@ -377,7 +378,8 @@ async fn a_pinned_identity_must_match() {
         .unwrap();
     assert_eq!(s, 503);
     assert!(body.contains("was expected"), "{body}");
-    assert_eq!(handshakes(&pinned, "outbound", "identity_mismatch"), 1);
+    // Once, then once more by the default retry of a failed connection.
+    assert_eq!(handshakes(&pinned, "outbound", "identity_mismatch"), 2);
 }
 
 #[tokio::test]
@@ -775,4 +777,146 @@ async fn permissive_passes_other_tls_through_and_strict_refuses_it() {
         assert_ne!(&b[..], &hello[..6], "strict passed foreign TLS through");
         assert_eq!(b[5], 2, "{b:?}");
     }
+}
+
+/// The default install: `permissive`, and the workload certificate not
+/// mounted yet. The sidecar starts and serves (and calls) in plaintext; in
+/// `strict` it starts but refuses inbound and is not ready. Both pick the
+/// identity up when the files appear.
+#[tokio::test]
+async fn identity_arriving_after_start_permissive_serves_plaintext_meanwhile_strict_waits() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = MeshCa::generate(TD).unwrap();
+    let (app, echo) = (upstream("app").await, tcp_echo().await);
+    let fast = || Options {
+        watch_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    // Where the kubelet will mount the certificate later.
+    let pending = |name: &str, mode: &str| {
+        let p = |f: &str| {
+            root.path()
+                .join(name)
+                .join(f)
+                .to_string_lossy()
+                .into_owned()
+        };
+        json!({ "mode": mode, "trustDomain": TD,
+                "certFile": p("tls.crt"), "keyFile": p("tls.key"), "caFile": p("ca.crt") })
+    };
+    let ready = async |p: &ProxyHandle| {
+        let c = h1_client();
+        get(&c, p.admin_addr(), "admin", "/ready", &[])
+            .await
+            .unwrap()
+            .0
+    };
+    let (pp, pt, sp, st) = (free_port(), free_port(), free_port(), free_port());
+    let permissive = Proxy::start(
+        parse(&server_config(
+            pp,
+            pt,
+            app.addr,
+            echo,
+            pending("server", "permissive"),
+        )),
+        fast(),
+    )
+    .await
+    .expect("permissive starts without its identity");
+    let strict = Proxy::start(
+        parse(&server_config(
+            sp,
+            st,
+            app.addr,
+            echo,
+            pending("server", "strict"),
+        )),
+        fast(),
+    )
+    .await
+    .expect("strict starts without its identity");
+    assert_eq!(ready(&permissive).await, 200);
+    assert_eq!(ready(&strict).await, 503);
+    let c = h1_client();
+    let (s, _, body) = get(&c, local(pp), "svc", "/", &[]).await.unwrap();
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (200, "app"),
+        "permissive: plaintext"
+    );
+    assert!(
+        get(&h1_client(), local(sp), "svc", "/", &[]).await.is_err(),
+        "strict refuses plaintext while it has no identity"
+    );
+    // A permissive caller without its identity calls in plaintext too.
+    let mut caller_cfg = client_config(
+        free_port(),
+        free_port(),
+        local(pp),
+        local(pt),
+        pending("client", "permissive"),
+        None,
+    );
+    caller_cfg["listeners"][0]["address"] = json!(addr(free_port()));
+    let caller_port: u16 = caller_cfg["listeners"][0]["address"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let caller = Proxy::start(parse(&caller_cfg), fast()).await.unwrap();
+    let (s, _, body) = get(&c, local(caller_port), "svc", "/", &[]).await.unwrap();
+    assert_eq!((s.as_u16(), body.as_str()), (200, "app"));
+
+    // The certificates are mounted: both servers and the caller pick them up.
+    Mount::new(
+        root.path(),
+        "server",
+        &issue(&ca, "server", HOUR),
+        ca.cert_pem(),
+    );
+    Mount::new(
+        root.path(),
+        "client",
+        &issue(&ca, "client", HOUR),
+        ca.cert_pem(),
+    );
+    assert!(eventually(Duration::from_secs(5), async || ready(&strict).await == 200).await);
+    let meshed = Proxy::start(
+        parse(&client_config(
+            free_port(),
+            free_port(),
+            local(sp),
+            local(st),
+            pending("client", "disabled"),
+            Some(&spiffe("server")),
+        )),
+        fast(),
+    )
+    .await
+    .unwrap();
+    let meshed_port: u16 = meshed.listener_addr("outbound").await.unwrap().port();
+    let (s, h, _) = get(&c, local(meshed_port), "svc", "/headers", &[])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{h:?}");
+    let (_, _, seen) = get(&c, local(meshed_port), "svc", "/headers", &[])
+        .await
+        .unwrap();
+    assert!(
+        seen.contains(&spiffe("client")),
+        "the strict server saw the caller's identity: {seen}"
+    );
+    // The permissive caller now speaks mTLS: the server sees its identity.
+    let with_id = eventually(Duration::from_secs(5), async || {
+        get(&c, local(caller_port), "svc", "/headers", &[])
+            .await
+            .is_ok_and(|(_, _, seen)| seen.contains(&spiffe("client")))
+    })
+    .await;
+    assert!(with_id, "the caller never switched to mTLS");
+    drop((permissive, caller));
 }
