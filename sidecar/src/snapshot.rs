@@ -72,6 +72,7 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retry: Option<Arc<Retry>>,
     pub fault: Option<config::Fault>,
+    pub mirror: Option<Arc<crate::http::mirror::MirrorPolicy>>,
     pub request_headers: HeaderEditor,
     pub response_headers: HeaderEditor,
 }
@@ -290,6 +291,15 @@ impl Snapshot {
                         })
                     }),
                     fault: r.fault.clone(),
+                    mirror: match &r.mirror {
+                        Some(m) => Some(Arc::new(crate::http::mirror::MirrorPolicy::new(
+                            cluster(&m.cluster)?,
+                            m.percentage,
+                            reg,
+                            &r.name,
+                        ))),
+                        None => None,
+                    },
                     request_headers: HeaderEditor::compile(&r.request_headers)?,
                     response_headers: HeaderEditor::compile(&r.response_headers)?,
                 });

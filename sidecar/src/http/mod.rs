@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 use remora_api::config::Direction;
 
+pub mod mirror;
 mod reply;
 mod upstream;
 
@@ -399,7 +400,12 @@ async fn proxy(
     if let Some(r) = route {
         r.request_headers.apply(req.headers_mut());
     }
-    let mut resp = forward(req, cluster, route, conn, ex, grpc).await?;
+    // After routing: a share of the route's requests is copied to its mirror.
+    let tap = route
+        .and_then(|r| r.mirror.as_ref())
+        .filter(|m| rand::rng().random_bool((m.percentage / 100.0).clamp(0.0, 1.0)))
+        .and_then(|m| m.start(&req, m.cluster.wants_h2(conn.h2, grpc)));
+    let mut resp = forward(req, cluster, route, conn, ex, grpc, tap).await?;
     if let Some(r) = route {
         r.response_headers.apply(resp.headers_mut());
     }

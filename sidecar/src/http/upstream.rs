@@ -43,6 +43,7 @@ pub(super) async fn forward(
     conn: &Downstream,
     ex: &mut Exchange,
     grpc: bool,
+    mut mirror: Option<super::mirror::Tap>,
 ) -> Result<Response<RespBody>, LocalReply> {
     let upgrading = is_upgrade(&req);
     let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -123,6 +124,11 @@ pub(super) async fn forward(
                     None => empty(),
                 },
                 (None, None) => empty(),
+            };
+            // The first try's body is also copied to the mirror.
+            let upstream_body = match mirror.take() {
+                Some(tap) => tap.tee(upstream_body),
+                None => upstream_body,
             };
             let mut up = Request::new(upstream_body);
             *up.method_mut() = parts.method.clone();
