@@ -234,6 +234,8 @@ pub struct ListenerMetrics {
     pub request_failed: Counter,
     pub request_duration: Histogram,
     pub authz_denied: Counter,
+    pub fault_delays: Counter,
+    pub fault_aborts: Counter,
 }
 
 impl ListenerMetrics {
@@ -280,6 +282,16 @@ impl ListenerMetrics {
                 "downstream_authz_denied_total",
                 "Requests and connections refused by an authorization policy",
                 l(),
+            ),
+            fault_delays: reg.counter(
+                "downstream_fault_injected_total",
+                "Faults injected by routes, by kind",
+                vec![("listener", listener.to_string()), ("kind", "delay".into())],
+            ),
+            fault_aborts: reg.counter(
+                "downstream_fault_injected_total",
+                "Faults injected by routes, by kind",
+                vec![("listener", listener.to_string()), ("kind", "abort".into())],
             ),
         }
     }

@@ -359,11 +359,13 @@ async fn proxy(
                 if let Some(d) = &f.delay
                     && rand::rng().random_bool((d.percentage / 100.0).clamp(0.0, 1.0))
                 {
+                    policy.metrics.fault_delays.inc();
                     tokio::time::sleep(d.delay.as_std()).await;
                 }
                 if let Some(a) = &f.abort
                     && rand::rng().random_bool((a.percentage / 100.0).clamp(0.0, 1.0))
                 {
+                    policy.metrics.fault_aborts.inc();
                     let status = StatusCode::from_u16(a.http_status)
                         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                     let mut reply = LocalReply::new(status, "FI", "fault injected");
