@@ -127,3 +127,23 @@ fn config_tls_settings_are_checked() {
         assert!(err.contains(want), "wanted {want}\ngot {err}");
     }
 }
+
+#[test]
+fn route_table_addresses_need_a_port_and_one_owner() {
+    let err = config_error(serde_json::json!({
+        "version": 1,
+        "listeners": [],
+        "routes": [
+            { "name": "a", "domains": ["a"], "addresses": ["10.96.0.10"], "routes": [] },
+            { "name": "b", "domains": [], "port": 3306, "addresses": ["10.96.0.11", "::ffff:10.96.0.12"], "routes": [] },
+            { "name": "c", "domains": [], "port": 3306, "addresses": ["10.96.0.12"], "routes": [] }
+        ]
+    }));
+    for want in [
+        "routes[0].addresses: addresses select traffic to a port; set port",
+        "routes[2].addresses[0]: 10.96.0.12:3306 is already owned by route table \"b\"",
+    ] {
+        assert!(err.contains(want), "wanted {want}\ngot {err}");
+    }
+    assert!(!err.contains("routes[1]"), "{err}");
+}

@@ -21,7 +21,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(name);
+    let mut bin = profile_dir.join(name);
+    if !bin.is_file() {
+        // With a separate build directory (`CARGO_BUILD_BUILD_DIR`) the test
+        // runs from there, while binaries land in the workspace's `target/`.
+        let profile = profile_dir.file_name().expect("a profile directory");
+        bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(profile)
+            .join(name);
+    }
     assert!(
         bin.is_file(),
         "{} is missing: build them with `cargo build -p remora-sidecar -p remora-e2e` \

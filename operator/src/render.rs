@@ -30,6 +30,12 @@ pub struct RenderContext {
     /// Addresses with sidecars behind them (the ClusterIPs of Services in
     /// mesh namespaces): pass-through traffic to them uses mesh mTLS.
     pub mesh_addresses: BTreeSet<IpAddr>,
+    /// The ClusterIPs (`spec.clusterIPs`) of the Services routes name, by
+    /// (namespace, name): a route table owns its Service's addresses, so
+    /// captured traffic to another service on the same port is not routed
+    /// by it. A Service not listed (unknown, headless) gives a table without
+    /// addresses, which the sidecar matches by port alone.
+    pub service_addresses: BTreeMap<(String, String), Vec<IpAddr>>,
 }
 
 impl RenderContext {
@@ -42,6 +48,7 @@ impl RenderContext {
             trust_bundle: String::new(),
             revoked_serials: BTreeSet::new(),
             mesh_addresses: BTreeSet::new(),
+            service_addresses: BTreeMap::new(),
         }
     }
 }
@@ -466,6 +473,11 @@ fn route_table(
         name: format!("{svc}.{ns}:{port}"),
         domains,
         port: Some(port),
+        addresses: ctx
+            .service_addresses
+            .get(&(ns.clone(), svc.clone()))
+            .cloned()
+            .unwrap_or_default(),
         protocol,
         routes,
     };

@@ -230,6 +230,55 @@ async fn mesh_service_addresses_reach_every_config() {
     .await;
 }
 
+/// A route table owns its Service's ClusterIPs, so that the sidecar routes
+/// captured calls by IP and opaque TCP by address, not by port alone.
+#[tokio::test]
+async fn route_tables_list_their_services_cluster_ips() {
+    require_control_plane!();
+    let cp = setup().await;
+    let ns = cp.namespace("owned-ips").await.unwrap();
+    let config_maps: Api<ConfigMap> = ns.api();
+    let table = format!("reviews.{}:9080", ns.name());
+    let addresses = |c: &remora_api::config::SidecarConfig| {
+        c.routes
+            .iter()
+            .find(|t| t.name == table)
+            .map(|t| t.addresses.clone())
+    };
+    apply(cp, ns.name(), &reviews_route(&["v1", "v2"])).await;
+    let before = eventually("the table without a Service", || async {
+        addresses(&sidecar_config(&config_maps).await?.0)
+    })
+    .await;
+    assert!(before.is_empty(), "{before:?}");
+
+    apply(cp, ns.name(), reviews_service()).await;
+    let svc = ns.api::<Service>().get("reviews").await.unwrap();
+    let ips: Vec<std::net::IpAddr> = svc
+        .spec
+        .unwrap()
+        .cluster_ips
+        .unwrap()
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    assert!(!ips.is_empty());
+    eventually("the Service's ClusterIPs in its table", || async {
+        (addresses(&sidecar_config(&config_maps).await?.0)? == ips).then_some(())
+    })
+    .await;
+
+    cp.kubectl_ok(["delete", "service", "reviews", "-n", ns.name()])
+        .await
+        .unwrap();
+    eventually("the addresses gone with the Service", || async {
+        addresses(&sidecar_config(&config_maps).await?.0)?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_route_to_a_missing_service_is_not_accepted_until_it_exists() {
     require_control_plane!();

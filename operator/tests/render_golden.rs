@@ -51,9 +51,23 @@ fn check_golden(name: &str, config: &SidecarConfig) {
     );
 }
 
+/// The bookinfo namespace with the ClusterIPs of its reviews Service
+/// (dual-stack), as the operator reads them from `spec.clusterIPs`.
+fn bookinfo() -> RenderContext {
+    let mut ctx = RenderContext::new("bookinfo");
+    ctx.service_addresses.insert(
+        ("bookinfo".into(), "reviews".into()),
+        vec![
+            "10.96.0.20".parse().unwrap(),
+            "fd00:10:96::20".parse().unwrap(),
+        ],
+    );
+    ctx
+}
+
 #[test]
 fn bookinfo_examples_render_to_the_golden_config() {
-    let rendered = render_sidecar_config(&RenderContext::new("bookinfo"), &examples());
+    let rendered = render_sidecar_config(&bookinfo(), &examples());
     assert!(rendered.rejected.is_empty(), "{:?}", rendered.rejected);
     // What the sidecar would load: the renderer's output passes its checks.
     let loaded = SidecarConfig::from_json(rendered.config.to_pretty_json().as_bytes()).unwrap();
@@ -124,6 +138,7 @@ fn routes_respect_export_to_and_mtls_turns_on_mesh_tls() {
 
     res.routes[0].spec.export_to = vec!["shop".into()];
     let mut ctx = RenderContext::new("shop");
+    ctx.service_addresses = bookinfo().service_addresses;
     ctx.mtls = TlsMode::Strict;
     ctx.trust_bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into();
     let shop = render_sidecar_config(&ctx, &res).config;
@@ -137,6 +152,11 @@ fn routes_respect_export_to_and_mtls_turns_on_mesh_tls() {
             .domains
             .contains(&"reviews.bookinfo.svc.cluster.local:9080".to_owned())
     );
+    assert_eq!(
+        table.addresses.len(),
+        2,
+        "the Service's ClusterIPs, wherever the route is seen"
+    );
     assert!(
         shop.clusters
             .iter()
@@ -144,4 +164,40 @@ fn routes_respect_export_to_and_mtls_turns_on_mesh_tls() {
             .all(|c| c.tls.mode == remora_api::config::UpstreamTlsMode::Mesh)
     );
     shop.validate().unwrap();
+}
+
+#[test]
+fn a_route_table_owns_the_cluster_ips_of_its_own_service_only() {
+    let res = examples();
+    let table = |ctx: &RenderContext| render_sidecar_config(ctx, &res).config.routes[0].clone();
+    let reviews = table(&bookinfo());
+    assert_eq!(reviews.port, Some(9080));
+    assert_eq!(
+        reviews.addresses,
+        ["10.96.0.20", "fd00:10:96::20"]
+            .map(|ip| ip.parse::<std::net::IpAddr>().unwrap())
+            .to_vec()
+    );
+
+    // Another Service, or a Service of the same name elsewhere, is not reviews.
+    let mut ctx = RenderContext::new("bookinfo");
+    ctx.service_addresses.insert(
+        ("bookinfo".into(), "ratings".into()),
+        vec!["10.96.0.21".parse().unwrap()],
+    );
+    ctx.service_addresses.insert(
+        ("shop".into(), "reviews".into()),
+        vec!["10.96.0.22".parse().unwrap()],
+    );
+    let unknown = table(&ctx);
+    assert!(
+        unknown.addresses.is_empty(),
+        "a Service whose addresses are not known yet: {:?}",
+        unknown.addresses
+    );
+    assert!(
+        !serde_json::to_string(&unknown)
+            .unwrap()
+            .contains("addresses")
+    );
 }

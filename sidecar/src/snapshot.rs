@@ -1,9 +1,10 @@
 //! A config compiled into the typed structures the hot path reads: route
-//! tables indexed by authority and port, clusters by name, per-listener
-//! policy. One `Snapshot` per config version, swapped atomically on reload.
+//! tables indexed by authority, destination address and port, clusters by
+//! name, per-listener policy. One `Snapshot` per config version, swapped atomically on reload.
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -34,6 +35,9 @@ pub struct Snapshot {
     pub json: Bytes,
     pub tables: Vec<Arc<RouteTable>>,
     by_authority: HashMap<String, usize>,
+    /// The tables' service addresses on their ports (canonical IPs).
+    by_address: HashMap<(IpAddr, u16), usize>,
+    /// Tables that list no addresses, by port.
     by_port: HashMap<u16, usize>,
     catch_all: Option<usize>,
     pub clusters: HashMap<String, Arc<Cluster>>,
@@ -255,6 +259,7 @@ impl Snapshot {
 
         let mut tables = Vec::new();
         let mut by_authority = HashMap::new();
+        let mut by_address = HashMap::new();
         let mut by_port = HashMap::new();
         let mut catch_all = None;
         for (i, t) in config.routes.iter().enumerate() {
@@ -312,7 +317,12 @@ impl Snapshot {
                 }
             }
             if let Some(p) = t.port {
-                by_port.entry(p).or_insert(i);
+                if t.addresses.is_empty() {
+                    by_port.entry(p).or_insert(i);
+                }
+                for ip in &t.addresses {
+                    by_address.entry((ip.to_canonical(), p)).or_insert(i);
+                }
             }
             tables.push(Arc::new(RouteTable {
                 name: t.name.clone(),
@@ -385,6 +395,7 @@ impl Snapshot {
             json,
             tables,
             by_authority,
+            by_address,
             by_port,
             catch_all,
             clusters,
@@ -392,9 +403,22 @@ impl Snapshot {
         })
     }
 
-    /// The route table for an authority (`host` or `host:port`), or, for
-    /// transparent traffic, the original destination port.
-    pub fn table(&self, authority: Option<&str>, port: Option<u16>) -> Option<&Arc<RouteTable>> {
+    /// The route table for a request: by its authority (`host` or
+    /// `host:port`), else by `dst`, the original destination of captured
+    /// traffic. Opaque TCP has no authority.
+    ///
+    /// A host name a table lists decides first. Then the table that owns the
+    /// destination address and port. Then, when the request names no host
+    /// (no authority, or an IP address such as a ClusterIP), a table on that
+    /// port that lists no addresses (written by hand: it takes the whole
+    /// port); a table without domains takes named hosts on its port too.
+    /// Then a `*` table. Anything else, such as another service on a table's
+    /// port, is no table's: the listener's default (pass-through) takes it.
+    pub fn table(
+        &self,
+        authority: Option<&str>,
+        dst: Option<SocketAddr>,
+    ) -> Option<&Arc<RouteTable>> {
         let by_name = authority.and_then(|a| {
             let a = a.to_ascii_lowercase();
             self.by_authority
@@ -402,21 +426,27 @@ impl Snapshot {
                 .or_else(|| self.by_authority.get(strip_port(&a)))
                 .copied()
         });
-        // The destination port picks a table when the request does not name a
-        // host (no authority, or an IP address), or when the table lists no
-        // domains: a host no table lists is another service on the same
-        // port, and goes to the listener's default (pass-through).
-        let unnamed = authority.is_none_or(|a| {
-            strip_port(a)
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok()
-        });
+        let unnamed = || {
+            authority.is_none_or(|a| {
+                strip_port(a)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok()
+            })
+        };
         by_name
             .or_else(|| {
-                port.and_then(|p| self.by_port.get(&p).copied())
-                    .filter(|i| unnamed || self.tables[*i].any_host)
+                let dst = dst?;
+                self.by_address
+                    .get(&(dst.ip().to_canonical(), dst.port()))
+                    .copied()
+                    .or_else(|| {
+                        self.by_port
+                            .get(&dst.port())
+                            .copied()
+                            .filter(|i| self.tables[*i].any_host || unnamed())
+                    })
             })
             .or(self.catch_all)
             .map(|i| &self.tables[i])
@@ -466,7 +496,10 @@ mod tests {
             &TlsSlot::default(),
         )
         .unwrap();
-        let name = |a: Option<&str>, p| snap.table(a, Some(p)).map(|t| t.name.as_str());
+        let name = |a: Option<&str>, p| {
+            snap.table(a, Some(SocketAddr::from(([10, 96, 0, 12], p))))
+                .map(|t| t.name.as_str())
+        };
         assert_eq!(name(Some("reviews.ns:9080"), 9080), Some("reviews"));
         // No host, or an IP address (a ClusterIP): the port decides.
         assert_eq!(name(None, 9080), Some("reviews"));
@@ -476,6 +509,98 @@ mod tests {
         assert_eq!(name(Some("ratings.ns:9080"), 9080), None);
         // A table without domains takes every host on its port.
         assert_eq!(name(Some("anything"), 7070), Some("any-on-7070"));
+    }
+
+    fn compile(routes: serde_json::Value) -> Snapshot {
+        let doc = serde_json::json!({ "version": 1, "listeners": [], "routes": routes });
+        let config = SidecarConfig::from_json(doc.to_string().as_bytes()).unwrap();
+        Snapshot::compile(
+            config,
+            None,
+            &Registry::default(),
+            &Labels::new(),
+            &TlsSlot::default(),
+        )
+        .unwrap()
+    }
+
+    fn dst(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn tables_that_list_addresses_own_only_those() {
+        let snap = compile(serde_json::json!([
+            { "name": "orders-db", "domains": ["orders-db.ns"], "port": 3306,
+              "addresses": ["10.96.0.10", "fd00::10"], "protocol": "tcp", "routes": [] },
+            { "name": "users-db", "domains": ["users-db.ns"], "port": 3306,
+              "addresses": ["10.96.0.11"], "protocol": "tcp", "routes": [] },
+            { "name": "reviews", "domains": ["reviews.ns", "reviews.ns:9080"], "port": 9080,
+              "addresses": ["10.96.0.20"], "routes": [] }
+        ]));
+        let name = |a: Option<&str>, d: &str| snap.table(a, dst(d)).map(|t| t.name.as_str());
+        // Opaque TCP: the original destination decides, per address.
+        assert_eq!(name(None, "10.96.0.10:3306"), Some("orders-db"));
+        assert_eq!(name(None, "[fd00::10]:3306"), Some("orders-db"));
+        assert_eq!(name(None, "10.96.0.11:3306"), Some("users-db"));
+        // (An IPv4 destination seen through a dual-stack socket.)
+        assert_eq!(name(None, "[::ffff:10.96.0.11]:3306"), Some("users-db"));
+        // Another database on the same port belongs to no table: pass-through.
+        assert_eq!(name(None, "10.96.0.99:3306"), None);
+        // The right port of the wrong service, or the wrong port: no table.
+        assert_eq!(name(None, "10.96.0.10:9080"), None);
+        assert_eq!(name(None, "10.96.0.20:3306"), None);
+        // A call by IP follows the address, whatever IP the Host names.
+        assert_eq!(
+            name(Some("10.96.0.20:9080"), "10.96.0.20:9080"),
+            Some("reviews")
+        );
+        assert_eq!(name(Some("10.96.0.21:9080"), "10.96.0.21:9080"), None);
+        assert_eq!(name(Some("[fd00::21]:9080"), "[fd00::21]:9080"), None);
+        // A host-named request keeps domain matching ...
+        assert_eq!(
+            name(Some("reviews.ns:9080"), "10.96.0.99:9080"),
+            Some("reviews")
+        );
+        // ... and a name no table lists, sent to a table's address, is that table's.
+        assert_eq!(
+            name(Some("reviews.alias"), "10.96.0.20:9080"),
+            Some("reviews")
+        );
+        assert_eq!(name(Some("other.ns:9080"), "10.96.0.21:9080"), None);
+        // Without an original destination (explicit listeners) only names count.
+        assert_eq!(snap.table(None, None).map(|t| t.name.as_str()), None);
+        assert_eq!(
+            snap.table(Some("reviews.ns"), None)
+                .map(|t| t.name.as_str()),
+            Some("reviews")
+        );
+    }
+
+    #[test]
+    fn tables_without_addresses_keep_matching_by_port_only() {
+        // Hand-written and local-mode configs list no addresses.
+        let snap = compile(serde_json::json!([
+            { "name": "db", "domains": [], "port": 3306, "protocol": "tcp", "routes": [] },
+            { "name": "owned-db", "domains": [], "port": 3306,
+              "addresses": ["10.96.0.10"], "protocol": "tcp", "routes": [] },
+            { "name": "web", "domains": ["web.ns"], "port": 8080, "routes": [] },
+            { "name": "fallback", "domains": ["*"], "routes": [] }
+        ]));
+        let name = |a: Option<&str>, d: &str| snap.table(a, dst(d)).map(|t| t.name.as_str());
+        // An owned address goes to its owner, every other one to the
+        // address-less table on that port.
+        assert_eq!(name(None, "10.96.0.10:3306"), Some("owned-db"));
+        assert_eq!(name(None, "10.96.0.99:3306"), Some("db"));
+        assert_eq!(name(Some("10.96.0.99:3306"), "10.96.0.99:3306"), Some("db"));
+        assert_eq!(name(None, "127.0.0.1:8080"), Some("web"));
+        assert_eq!(name(Some("127.0.0.1:8080"), "127.0.0.1:8080"), Some("web"));
+        // A named host no table lists is not `web`, on any address.
+        assert_eq!(
+            name(Some("api.ns:8080"), "127.0.0.1:8080"),
+            Some("fallback")
+        );
+        assert_eq!(name(None, "10.96.0.10:7777"), Some("fallback"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Opaque TCP pass-through through the same clusters, balancers and metrics
-//! as HTTP: the table for the original destination port picks the cluster,
-//! else the listener's default cluster.
+//! as HTTP: the table for the original destination (the one that owns its
+//! address and port, else an address-less table on its port) picks the
+//! cluster, else the listener's default cluster.
 
 use std::sync::Arc;
 
@@ -37,12 +38,12 @@ pub async fn proxy(mut down: Io, conn: Arc<Downstream>, _drain: watch::Receiver<
         );
         return;
     }
-    let by_port = snap
-        .table(None, Some(conn.original_dst.port()))
+    let routed = snap
+        .table(None, Some(conn.original_dst))
         .and_then(|t| t.routes.first())
         .filter(|r| matches!(r.action, Action::Clusters(_)))
         .and_then(|r| r.action.choose(rand::rng().random_range(0..100)).cloned());
-    let Some(cluster) = by_port.or_else(|| policy.default_cluster.clone()) else {
+    let Some(cluster) = routed.or_else(|| policy.default_cluster.clone()) else {
         tracing::debug!(listener = %conn.listener, dst = %conn.original_dst, "no cluster for TCP connection");
         return;
     };

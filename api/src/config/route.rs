@@ -1,6 +1,6 @@
 //! Route tables: which requests go where.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,12 +15,18 @@ pub struct RouteTable {
     pub name: String,
     /// Authorities (`host` or `host:port`) this table answers for, such as
     /// `reviews`, `reviews.default.svc.cluster.local:9080`. For transparent
-    /// outbound traffic the original destination port selects the table too.
+    /// outbound traffic the original destination selects the table too.
     pub domains: Vec<String>,
     /// The service port; with transparent capture, traffic to this port of
     /// the service's addresses uses this table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The service's addresses (its ClusterIPs, rendered by the operator).
+    /// Captured traffic to one of them on `port` uses this table. A table
+    /// that lists addresses owns only those; one that lists none (written by
+    /// hand) takes unnamed traffic to any address on `port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
     #[serde(default)]
     pub protocol: Protocol,
     /// Tried in order; the first route whose match holds is used.

@@ -35,6 +35,7 @@ impl SidecarConfig {
 
         let cluster_names = self.check_clusters(&mut errs);
         let mut tables = HashSet::new();
+        let mut owners = std::collections::HashMap::new();
         for (i, t) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             check_name(&mut errs, &format!("{at}.name"), &t.name);
@@ -52,6 +53,33 @@ impl SidecarConfig {
             }
             if t.port == Some(0) {
                 errs.push(format!("{at}.port"), "port must be 1-65535");
+            }
+            match t.port {
+                None if !t.addresses.is_empty() => errs.push(
+                    format!("{at}.addresses"),
+                    "addresses select traffic to a port; set port",
+                ),
+                None => {}
+                Some(port) => {
+                    // One owner per address and port: the sidecar picks a
+                    // table by it, so a second owner would be ignored silently.
+                    for (k, ip) in t.addresses.iter().enumerate() {
+                        let key = (ip.to_canonical(), port);
+                        if let Some(owner) = owners.get(&key)
+                            && *owner != t.name
+                        {
+                            errs.push(
+                                format!("{at}.addresses[{k}]"),
+                                format!(
+                                    "{} is already owned by route table {owner:?}",
+                                    std::net::SocketAddr::new(key.0, port)
+                                ),
+                            );
+                        } else {
+                            owners.insert(key, t.name.as_str());
+                        }
+                    }
+                }
             }
             let mut route_names = HashSet::new();
             for (j, r) in t.routes.iter().enumerate() {

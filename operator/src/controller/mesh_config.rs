@@ -5,9 +5,15 @@
 //! namespaces it affects (its own; for a ServiceRoute, those in `exportTo`;
 //! for a revocation, all; for a Service in a mesh namespace or a namespace
 //! joining or leaving, all, since every config lists the mesh's ClusterIPs
-//! for mTLS on pass-through traffic). An unchanged hash is never rewritten.
+//! for mTLS on pass-through traffic, and the ClusterIPs of routed Services
+//! for the route tables). An unchanged hash is never rewritten.
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -63,14 +69,40 @@ impl MeshStores {
             .state()
             .iter()
             .filter(|s| s.namespace().is_some_and(|n| meshed.contains(&n)))
-            .filter_map(|s| s.spec.as_ref())
-            .flat_map(|spec| {
-                spec.cluster_ips
-                    .clone()
-                    .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
-            })
-            .filter_map(|ip| ip.parse().ok())
+            .flat_map(|s| cluster_ips(s))
             .collect()
+    }
+
+    /// The ClusterIPs of the Services that ServiceRoutes name, by
+    /// (namespace, name): each route table owns its Service's addresses.
+    fn service_addresses(&self) -> BTreeMap<(String, String), Vec<IpAddr>> {
+        let routed: BTreeSet<(String, String)> = self
+            .routes
+            .state()
+            .iter()
+            .map(|r| (r.namespace().unwrap_or_default(), r.spec.service.clone()))
+            .collect();
+        self.services
+            .state()
+            .iter()
+            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+            .filter(|(key, _)| routed.contains(key))
+            .map(|(key, s)| (key, cluster_ips(s)))
+            .filter(|(_, ips)| !ips.is_empty())
+            .collect()
+    }
+
+    /// What Services put into configs; a Service event that leaves it
+    /// unchanged re-renders nothing.
+    fn service_view(&self, mtls_on: bool) -> ServiceView {
+        ServiceView {
+            mesh: if mtls_on {
+                self.mesh_addresses()
+            } else {
+                BTreeSet::new()
+            },
+            routed: self.service_addresses(),
+        }
     }
 
     fn holds_resources(&self, ns: &str) -> bool {
@@ -127,13 +159,35 @@ impl MeshStores {
     }
 }
 
-/// The mesh addresses last seen by the Service watch.
+/// A Service's ClusterIPs (`spec.clusterIPs`, else `spec.clusterIP`); none
+/// for a headless Service.
+fn cluster_ips(s: &Service) -> Vec<IpAddr> {
+    let Some(spec) = s.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
+/// The Service addresses that configs list: the mesh's (with mTLS on) and
+/// the routed Services'.
+#[derive(PartialEq)]
+struct ServiceView {
+    mesh: BTreeSet<IpAddr>,
+    routed: BTreeMap<(String, String), Vec<IpAddr>>,
+}
+
+/// The Service addresses last seen by the Service watch.
 #[derive(Default)]
-struct LastAddresses(std::sync::Mutex<Option<BTreeSet<IpAddr>>>);
+struct LastAddresses(std::sync::Mutex<Option<ServiceView>>);
 
 impl LastAddresses {
-    /// Records `now`; true when it differs from the last set seen.
-    fn changed(&self, now: BTreeSet<IpAddr>) -> bool {
+    /// Records `now`; true when it differs from the last view seen.
+    fn changed(&self, now: ServiceView) -> bool {
         let mut last = self.0.lock().expect("last addresses");
         if last.as_ref() == Some(&now) {
             return false;
@@ -201,6 +255,7 @@ async fn reconcile(ns: Arc<Namespace>, cx: Arc<MeshConfigContext>) -> Result<Act
     if render_ctx.mtls != remora_api::config::TlsMode::Disabled {
         render_ctx.mesh_addresses = cx.stores.mesh_addresses();
     }
+    render_ctx.service_addresses = cx.stores.service_addresses();
     let rendered = render_sidecar_config(&render_ctx, &cx.stores.resources(&name));
     let json = rendered.config.to_pretty_json();
     let hash = rendered.config.hash.clone().unwrap_or_default();
@@ -358,14 +413,14 @@ pub async fn run(ctx: Arc<Context>) {
             move |t: SidecarTemplate| own(t.namespace()),
         )
         .watches_stream(limit_events, move |p: RateLimitPolicy| own(p.namespace()))
-        // Every config lists the mesh's ClusterIPs: a Service in a mesh
-        // namespace, or a namespace joining or leaving, touches them all.
+        // Every config lists the mesh's ClusterIPs (with mTLS on) and the
+        // ClusterIPs of routed Services: a Service in a mesh namespace, a
+        // routed Service, or a namespace joining or leaving, touches them all.
         .watches_stream(service_events, move |_: Service| {
-            // Only when the configs list addresses (mTLS on), and only when
-            // the set of mesh addresses changed: other Service updates
+            // Only when those addresses changed: other Service updates
             // (annotations, status, headless Services) touch no config, and
             // must not keep the debounce from ever firing.
-            if mtls_on && last_addresses.changed(stores_for_services.mesh_addresses()) {
+            if last_addresses.changed(stores_for_services.service_view(mtls_on)) {
                 all_for_services()
             } else {
                 Vec::new()

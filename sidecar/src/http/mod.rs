@@ -323,8 +323,8 @@ async fn proxy(
     let selected = match policy.direction {
         Direction::Inbound => policy.default_cluster.as_ref().map(Selected::Cluster),
         Direction::Outbound => {
-            let port = policy.transparent.then_some(conn.original_dst.port());
-            match snap.table(authority(&req), port) {
+            let dst = policy.transparent.then_some(conn.original_dst);
+            match snap.table(authority(&req), dst) {
                 Some(t) => match t.routes.iter().find(|r| r.matcher.matches(&req)) {
                     Some(r) => Some(Selected::Route(r)),
                     None => {
