@@ -21,7 +21,15 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(name);
+    let mut bin = profile_dir.join(name);
+    // With a separate build directory (`CARGO_BUILD_BUILD_DIR`) the tests run from
+    // there while the binaries land in the workspace's `target/<profile>/`.
+    if !bin.is_file()
+        && let Some(profile) = profile_dir.file_name()
+    {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        bin = target.join(profile).join(name);
+    }
     assert!(
         bin.is_file(),
         "{} is missing: build them with `cargo build -p remora-sidecar -p remora-e2e` \
