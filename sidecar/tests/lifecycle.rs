@@ -651,3 +651,40 @@ async fn admin_runs_the_apps_https_probes() {
     assert_eq!(status, 503, "no TLS there: {body}");
     assert_eq!(plain.hits(), 0, "a TLS ClientHello is not an HTTP request");
 }
+
+/// The pod's own settings (from the webhook's env) survive every reload: the
+/// namespace's new document is laid under them again, listeners included.
+#[tokio::test]
+async fn reloaded_configs_keep_the_pods_own_settings() {
+    use remora_sidecar::pod_overrides::{LogLevel, PodOverrides};
+    let (rendered, own, moved) = (free_port(), free_port(), free_port());
+    let opts = Options {
+        overrides: PodOverrides {
+            log_level: Some(LogLevel::Warn),
+            worker_threads: Some(3),
+            drain_timeout: Some("9s".parse().unwrap()),
+            outbound_port: Some(own),
+            ..PodOverrides::default()
+        },
+        ..Default::default()
+    };
+    let cfg = |port: u16, workers: u16| {
+        let mut c = config(json!([outbound(port)]), json!([]), json!([]));
+        c["runtime"] = json!({ "workerThreads": workers, "logLevel": "debug" });
+        c
+    };
+    let proxy = Proxy::start(parse(&cfg(rendered, 1)), opts).await.unwrap();
+    assert_eq!(
+        proxy.listener_addr("outbound").await.unwrap().port(),
+        own,
+        "the pod's port, not the rendered one"
+    );
+    // The namespace's config changes: another port, other runtime settings.
+    proxy.reload(parse(&cfg(moved, 2))).await.unwrap();
+    assert_eq!(proxy.listener_addr("outbound").await.unwrap().port(), own);
+    let effective = proxy.shared.snapshot.load().config.clone();
+    assert_eq!(effective.runtime.worker_threads, 3);
+    assert_eq!(effective.runtime.log_level, "warn");
+    assert_eq!(effective.runtime.drain_timeout.to_string(), "9s");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", own)).is_ok());
+}
