@@ -134,6 +134,10 @@ fn every_sidecar_template_message() {
             json!({"image": "i", "ports": {"inbound": 15006, "outbound": 15001, "admin": 15001}}),
             "spec.ports: inbound, outbound and admin must be three different ports",
         ),
+        (
+            json!({"image": "i", "excludeOutboundCidrs": ["10.0.0.0/8", "fd00::/8"]}),
+            "spec.excludeOutboundCidrs[1]: \"fd00::/8\" is an IPv6 CIDR: Remora captures IPv4 only",
+        ),
     ];
     for (spec, want) in cases {
         let got = errors("SidecarTemplate", spec);
@@ -214,4 +218,23 @@ fn valid_minimal_specs_pass() {
     resource("MeshCertificate", json!({"serviceAccount": "a"}))
         .validate()
         .unwrap();
+}
+
+#[test]
+fn explicit_capture_is_refused_while_the_meshs_mtls_is_on() {
+    use remora_api::config::TlsMode;
+    let spec: remora_api::crd::SidecarTemplateSpec =
+        serde_json::from_value(json!({"image": "i", "captureMode": "explicit"})).unwrap();
+    spec.validate().unwrap();
+    spec.validate_in_mesh(TlsMode::Disabled).unwrap();
+    for mtls in [TlsMode::Permissive, TlsMode::Strict] {
+        let err = spec.validate_in_mesh(mtls).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.captureMode: captureMode explicit has no inbound listener"),
+            "{err}"
+        );
+    }
+    let iptables: remora_api::crd::SidecarTemplateSpec =
+        serde_json::from_value(json!({"image": "i"})).unwrap();
+    iptables.validate_in_mesh(TlsMode::Strict).unwrap();
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::Pod;
+use remora_api::config::TlsMode;
 use remora_api::crd::SidecarTemplate;
 use remora_webhook::patch::diff;
 use remora_webhook::{Intent, Outcome, Settings, process_pod};
@@ -26,6 +27,8 @@ pub struct InjectArgs {
     pub default_image: String,
     pub namespace: String,
     pub mesh_namespace: String,
+    /// The mesh's inbound mTLS mode: explicit capture is refused unless disabled.
+    pub mtls: TlsMode,
 }
 
 pub fn inject(args: InjectArgs) -> Result<ExitCode> {
@@ -53,11 +56,12 @@ pub fn inject(args: InjectArgs) -> Result<ExitCode> {
             templates.push(Arc::new(t));
         }
     }
-    let settings = Settings {
+    let mut settings = Settings {
         default_image: args.default_image,
         mesh_namespace: args.mesh_namespace,
         ..Settings::default()
     };
+    settings.inject.mtls = args.mtls;
 
     let mut out = String::new();
     let mut failed = false;

@@ -74,6 +74,10 @@ enum Command {
         /// The control plane's namespace (its default template applies everywhere).
         #[arg(long, default_value = "remora-system")]
         mesh_namespace: String,
+        /// The mesh's inbound mTLS mode (the webhook's `--mtls`): explicit capture
+        /// is refused unless it is disabled.
+        #[arg(long, value_enum, default_value_t = Mtls::Permissive)]
+        mtls: Mtls,
     },
 }
 
@@ -82,6 +86,16 @@ enum Mtls {
     Disabled,
     Permissive,
     Strict,
+}
+
+impl From<Mtls> for TlsMode {
+    fn from(m: Mtls) -> Self {
+        match m {
+            Mtls::Disabled => TlsMode::Disabled,
+            Mtls::Permissive => TlsMode::Permissive,
+            Mtls::Strict => TlsMode::Strict,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,11 +124,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             default_image,
             namespace,
             mesh_namespace,
+            mtls,
         } => inject::inject(inject::InjectArgs {
             files,
             default_image,
             namespace,
             mesh_namespace,
+            mtls: mtls.into(),
         }),
         Command::ConfigSchema => {
             println!(
@@ -158,11 +174,7 @@ fn render(
     default_namespaces(&mut resources);
     let mut ctx = RenderContext::new(namespace);
     ctx.trust_domain = trust_domain;
-    ctx.mtls = match mtls {
-        Mtls::Disabled => TlsMode::Disabled,
-        Mtls::Permissive => TlsMode::Permissive,
-        Mtls::Strict => TlsMode::Strict,
-    };
+    ctx.mtls = mtls.into();
     if let Some(path) = trust_bundle {
         ctx.trust_bundle = std::fs::read_to_string(&path)
             .with_context(|| format!("reading trust bundle {}", path.display()))?;

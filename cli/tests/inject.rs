@@ -77,11 +77,16 @@ spec:
 "#;
 
 fn inject(manifests: &str) -> (std::process::Output, Vec<serde_yaml::Value>) {
+    inject_with(manifests, &[])
+}
+
+fn inject_with(manifests: &str, flags: &[&str]) -> (std::process::Output, Vec<serde_yaml::Value>) {
     let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     file.write_all(manifests.as_bytes()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_remoractl"))
         .args(["inject", "-f"])
         .arg(file.path())
+        .args(flags)
         .output()
         .unwrap();
     let docs = serde_yaml::Deserializer::from_slice(&out.stdout)
@@ -183,4 +188,51 @@ fn injecting_injected_manifests_changes_nothing() {
     assert!(second.status.success());
     assert_eq!(String::from_utf8(second.stdout).unwrap(), once);
     assert!(String::from_utf8_lossy(&second.stderr).contains("not injected: already-injected"));
+}
+
+const EXPLICIT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: shop
+  annotations: {remora.dev/capture-mode: explicit, remora.dev/log-level: debug}
+spec:
+  containers:
+    - name: client
+      image: registry.example/client:1
+"#;
+
+/// Explicit capture has no inbound listener: refused while the mesh's mTLS is on
+/// (the default, as the operator's), injected with `--mtls disabled`.
+#[test]
+fn explicit_capture_is_refused_unless_mtls_is_disabled() {
+    let (out, docs) = inject(EXPLICIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["remora.dev/inject-status"].as_str(),
+        Some("skipped: explicit-capture-with-mtls")
+    );
+    assert!(container_names(&docs[0]["spec"], "initContainers").is_empty());
+    assert!(
+        stderr.contains("captureMode explicit has no inbound listener")
+            && stderr.contains("mTLS is permissive"),
+        "{stderr}"
+    );
+
+    let (out, docs) = inject_with(EXPLICIT, &["--mtls", "disabled"]);
+    assert!(out.status.success());
+    let spec = &docs[0]["spec"];
+    assert_eq!(container_names(spec, "initContainers"), ["remora-proxy"]);
+    // The pod's settings go to the proxy, which lays them over the namespace's config.
+    let env = spec["initContainers"][0]["env"].as_sequence().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+    };
+    assert_eq!(value("REMORA_CAPTURE_MODE"), Some("explicit"));
+    assert_eq!(value("REMORA_LOG_LEVEL"), Some("debug"));
+    assert_eq!(value("REMORA_OUTBOUND_PORT"), Some("15001"));
 }

@@ -22,14 +22,13 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("the test executable lives in target/<profile>/deps");
     let mut bin = profile_dir.join(name);
-    if !bin.is_file() {
-        // With a separate build directory (`CARGO_BUILD_BUILD_DIR`) the test
-        // runs from there, while binaries land in the workspace's `target/`.
-        let profile = profile_dir.file_name().expect("a profile directory");
-        bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target")
-            .join(profile)
-            .join(name);
+    // With a separate build directory (`CARGO_BUILD_BUILD_DIR`) the tests run from
+    // there while the binaries land in the workspace's `target/<profile>/`.
+    if !bin.is_file()
+        && let Some(profile) = profile_dir.file_name()
+    {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        bin = target.join(profile).join(name);
     }
     assert!(
         bin.is_file(),

@@ -386,6 +386,8 @@ fn default_values_render_a_fail_open_single_replica_install() {
         format!("--mesh-namespace={ns}"),
         "--default-image=ghcr.io/remora-mesh/remora-sidecar:0.1.0".into(),
         "--listen=0.0.0.0:8443".into(),
+        // The webhook refuses explicit capture unless the mesh's mTLS is off.
+        "--mtls=permissive".into(),
     ] {
         assert!(wh_args.contains(&want), "{want} not in {wh_args:?}");
     }

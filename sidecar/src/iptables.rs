@@ -16,23 +16,27 @@ pub struct CaptureRules {
 }
 
 impl CaptureRules {
-    /// Checks CIDRs (`10.0.0.0/8`, `fd00::/8`) so a typo is an error, not a rule
-    /// iptables refuses halfway through.
+    /// Checks CIDRs (`10.0.0.0/8`) so a typo is an error, not a rule iptables
+    /// refuses halfway through. IPv6 is refused: only IPv4 is captured (no
+    /// ip6tables rules), and an IPv6 CIDR would break `iptables-restore`.
     pub fn validate(&self) -> Result<(), String> {
         if self.inbound_port == 0 || self.outbound_port == 0 {
             return Err("--inbound-port and --outbound-port must be 1-65535".into());
         }
         for c in &self.exclude_outbound_cidrs {
-            let (ip, len) = c
-                .split_once('/')
-                .unwrap_or((c, if c.contains(':') { "128" } else { "32" }));
+            let (ip, len) = c.split_once('/').unwrap_or((c, "32"));
             let ip: IpAddr = ip
                 .parse()
                 .map_err(|_| format!("{c:?} is not a CIDR (e.g. 10.0.0.0/8)"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if ip.is_ipv6() {
+                return Err(format!(
+                    "{c:?} is an IPv6 CIDR: Remora captures IPv4 only, so there is no IPv6 \
+                     capture to exclude it from; remove it from --exclude-outbound-cidrs"
+                ));
+            }
             match len.parse::<u8>() {
-                Ok(l) if l <= max => {}
-                _ => return Err(format!("{c:?} has an invalid prefix length (0-{max})")),
+                Ok(l) if l <= 32 => {}
+                _ => return Err(format!("{c:?} has an invalid prefix length (0-32)")),
             }
         }
         Ok(())
@@ -178,7 +182,12 @@ COMMIT
         assert!(r.validate().unwrap_err().contains("prefix length"));
         r.exclude_outbound_cidrs = vec!["ten/8".into()];
         assert!(r.validate().unwrap_err().contains("not a CIDR"));
-        r.exclude_outbound_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        r.exclude_outbound_cidrs = vec!["10.0.0.0/8".into(), "192.168.1.7".into()];
         assert!(r.validate().is_ok());
+        r.exclude_outbound_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        let err = r.validate().unwrap_err();
+        assert!(err.contains("\"fd00::/8\" is an IPv6 CIDR"), "{err}");
+        r.exclude_outbound_cidrs = vec!["::1".into()];
+        assert!(r.validate().unwrap_err().contains("IPv6"));
     }
 }

@@ -20,6 +20,7 @@ pub mod iptables;
 pub mod listener;
 pub mod matching;
 pub mod metrics;
+pub mod pod_overrides;
 mod proxy;
 pub mod ratelimit;
 pub mod replay;

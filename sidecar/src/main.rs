@@ -10,7 +10,9 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use remora_api::config::SidecarConfig;
-use remora_sidecar::{Options, Proxy, iptables::CaptureRules, ratelimit::read_pod_labels};
+use remora_sidecar::{
+    Options, Proxy, iptables::CaptureRules, pod_overrides::PodOverrides, ratelimit::read_pod_labels,
+};
 
 #[derive(Parser)]
 #[command(name = "remora-sidecar", version, about = "Remora's data-plane proxy")]
@@ -36,6 +38,10 @@ enum Command {
         /// The app's probes the admin port answers (JSON, written by the webhook).
         #[arg(long, env = "REMORA_APP_PROBES")]
         app_probes: Option<String>,
+        /// The pod's own settings (from its SidecarTemplate and annotations,
+        /// passed by the webhook), laid over the config at start and on reload.
+        #[command(flatten)]
+        overrides: PodOverrides,
     },
     /// Wait until the proxy's admin `/ready` answers 200 (for postStart hooks).
     WaitReady {
@@ -86,7 +92,13 @@ fn main() -> ExitCode {
             config,
             pod_labels,
             app_probes,
-        } => match run(&config, pod_labels.as_deref(), app_probes.as_deref()) {
+            overrides,
+        } => match run(
+            &config,
+            pod_labels.as_deref(),
+            app_probes.as_deref(),
+            overrides,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("remora-sidecar: {e:#}");
@@ -148,8 +160,14 @@ fn load(path: &Path) -> anyhow::Result<SidecarConfig> {
     Ok(SidecarConfig::from_json(&bytes)?)
 }
 
-fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyhow::Result<()> {
-    let config = load(path)?;
+fn run(
+    path: &Path,
+    pod_labels: Option<&Path>,
+    app_probes: Option<&str>,
+    overrides: PodOverrides,
+) -> anyhow::Result<()> {
+    let mut config = load(path)?;
+    overrides.apply(&mut config);
     let app_probes: remora_api::config::AppProbes = match app_probes {
         Some(json) => serde_json::from_str(json)
             .map_err(|e| anyhow::anyhow!("REMORA_APP_PROBES is not a valid probe list: {e}"))?,
@@ -185,6 +203,7 @@ fn run(path: &Path, pod_labels: Option<&Path>, app_probes: Option<&str>) -> anyh
             watch_interval: None,
             app_probes,
             log_level: Some(log_level),
+            overrides,
         };
         let handle = Proxy::start(config, opts).await?;
         shutdown_signal().await;

@@ -23,6 +23,7 @@ use crate::{
     access_log::AccessLog,
     balance::hash_bytes,
     metrics::{Counter, Registry},
+    pod_overrides::PodOverrides,
     snapshot::Snapshot,
     tls::{self, MeshTls, TlsSlot},
 };
@@ -40,6 +41,8 @@ pub struct Options {
     pub app_probes: AppProbes,
     /// Changes the process's log level (`POST /logging` on the control port).
     pub log_level: Option<LogLevel>,
+    /// The pod's own settings, laid over every config loaded (start and reloads).
+    pub overrides: PodOverrides,
 }
 
 /// Sets the log filter of the process (`tracing_subscriber`'s reload handle,
@@ -57,6 +60,7 @@ pub struct Shared {
     pub access_log: AccessLog,
     pub pod_labels: Labels,
     pub app_probes: AppProbes,
+    pub overrides: PodOverrides,
     /// The workload identity, while the config uses mesh TLS.
     pub tls: TlsSlot,
     /// `true` once draining: `/ready` fails and connections close when their
@@ -174,7 +178,9 @@ impl Shared {
         }
     }
 
-    async fn apply(self: &Arc<Self>, config: SidecarConfig) -> Result<(), Error> {
+    async fn apply(self: &Arc<Self>, mut config: SidecarConfig) -> Result<(), Error> {
+        self.overrides.apply(&mut config);
+        crate::pod_overrides::warn_unenforced(&config, &self.pod_labels);
         config.validate().map_err(|e| Error::Load(e.into()))?;
         let mut running = self.listeners.lock().await;
         let old = self.snapshot.load_full();
@@ -338,7 +344,9 @@ pub struct ProxyHandle {
 impl Proxy {
     /// Compiles the config, binds every listener and the admin port, and
     /// starts serving. Listeners may use port 0; see [`ProxyHandle::listener_addr`].
-    pub async fn start(config: SidecarConfig, opts: Options) -> Result<ProxyHandle, Error> {
+    pub async fn start(mut config: SidecarConfig, opts: Options) -> Result<ProxyHandle, Error> {
+        opts.overrides.apply(&mut config);
+        crate::pod_overrides::warn_unenforced(&config, &opts.pod_labels);
         config.validate().map_err(|e| Error::Load(e.into()))?;
         let registry = Registry::default();
         let access_log = if config.access_log.enabled {
@@ -372,6 +380,7 @@ impl Proxy {
             access_log,
             pod_labels: opts.pod_labels.clone(),
             app_probes: opts.app_probes.clone(),
+            overrides: opts.overrides.clone(),
             tls: tls_slot,
             drain: watch::channel(false).0,
             closed: watch::channel(false).0,
@@ -507,7 +516,11 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
         if settled == Some(h) {
             continue;
         }
-        let config = match SidecarConfig::from_json(&bytes) {
+        let parsed = SidecarConfig::from_json(&bytes).map(|mut c| {
+            shared.overrides.apply(&mut c);
+            c
+        });
+        let config = match parsed {
             Ok(c) if c.content_hash() == shared.snapshot.load().config.content_hash() => {
                 settled = Some(h);
                 continue;

@@ -707,3 +707,64 @@ async fn grpc_client_cancellation_reaches_the_server() {
     assert_eq!(m.seen.grpc_timeout.lock().unwrap().as_deref(), None);
     assert_eq!(m.seen.slow_finished.load(Ordering::SeqCst), 0);
 }
+
+/// The webhook rewrites a `grpc` probe to `GET <admin>/app-health/...`; the
+/// proxy runs a real `grpc.health.v1.Health/Check` (with the probe's
+/// `service`) against the app's tonic health server on 127.0.0.1, so the
+/// app's gRPC port stays inside the capture: 200 when `SERVING`, else 503.
+#[tokio::test]
+async fn admin_runs_the_apps_grpc_health_probe() {
+    use tonic_health::ServingStatus;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.v1.Cart", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("shop.v1.Stock", ServingStatus::NotServing)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .serve_with_incoming(health, TcpIncoming::from(listener)),
+    );
+    let http1 = upstream("not-grpc").await;
+    let probes: remora_api::config::AppProbes = serde_json::from_value(json!({
+        "/app-health/rpc/readyz": { "grpc": { "port": port } },
+        "/app-health/rpc/livez": { "grpc": { "port": port, "service": "shop.v1.Cart" } },
+        "/app-health/rpc/startupz": { "grpc": { "port": port, "service": "shop.v1.Stock" } },
+        "/app-health/other/readyz": { "grpc": { "port": port, "service": "shop.v1.Nope" } },
+        "/app-health/dead/readyz": { "grpc": { "port": dead_addr().port() } },
+        "/app-health/h1/readyz": { "grpc": { "port": http1.addr.port() } }
+    }))
+    .unwrap();
+    let opts = remora_sidecar::Options {
+        app_probes: probes,
+        ..Default::default()
+    };
+    let cfg = config(json!([]), json!([]), json!([]));
+    let proxy = remora_sidecar::Proxy::start(parse(&cfg), opts)
+        .await
+        .unwrap();
+    let admin = proxy.admin_addr();
+    let probe = async |path: &str| {
+        let (status, _, body) = get(&h1_client(), admin, "admin", path, &[]).await.unwrap();
+        (status.as_u16(), body)
+    };
+
+    let (status, body) = probe("/app-health/rpc/readyz").await;
+    assert_eq!(status, 200, "the server as a whole is SERVING: {body}");
+    assert_eq!(probe("/app-health/rpc/livez").await.0, 200);
+    let (status, body) = probe("/app-health/rpc/startupz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("NOT_SERVING"), "{body}");
+    let (status, body) = probe("/app-health/other/readyz").await;
+    assert_eq!(status, 503, "an unknown service: {body}");
+    assert_eq!(probe("/app-health/dead/readyz").await.0, 503);
+    assert_eq!(probe("/app-health/h1/readyz").await.0, 503, "not gRPC");
+    // The answer follows the app, call by call.
+    reporter
+        .set_service_status("shop.v1.Stock", ServingStatus::Serving)
+        .await;
+    assert_eq!(probe("/app-health/rpc/startupz").await.0, 200);
+}

@@ -392,6 +392,27 @@ async fn binary_wait_ready_times_out_and_init_iptables_dry_run() {
         "{rules}"
     );
     assert!(rules.ends_with("COMMIT\n"));
+    // IPv6 is refused before any rule is written: only IPv4 is captured.
+    let out = tokio::process::Command::new(bin())
+        .args([
+            "init-iptables",
+            "--proxy-uid",
+            "1337",
+            "--inbound-port",
+            "15006",
+            "--outbound-port",
+            "15001",
+            "--exclude-outbound-cidrs",
+            "10.96.0.1/32,fd00::/8",
+            "--dry-run",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no rules at all");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"fd00::/8\" is an IPv6 CIDR"), "{err}");
     let out = tokio::process::Command::new(bin())
         .args([
             "init-iptables",
@@ -542,4 +563,131 @@ async fn admin_answers_the_apps_rewritten_probes() {
         "the probe's own timeout"
     );
     assert_eq!(admin_get(admin, "/app-health/nope/readyz").await.0, 404);
+}
+
+/// An app serving HTTPS with a certificate nobody trusts (signed by a CA of
+/// its own, for another name), answering `GET /secure` with 204 and the rest
+/// with 500.
+async fn https_app() -> SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let ca = remora_ca::MeshCa::generate("elsewhere.example").unwrap();
+    let leaf = ca
+        .issue(&remora_ca::LeafRequest {
+            spiffe_id: "spiffe://elsewhere.example/ns/x/sa/y".into(),
+            dns_names: vec!["app.elsewhere.example".into()],
+            extra_uris: vec![],
+            ttl: Duration::from_secs(3600),
+        })
+        .unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Bounded: this test makes two probes.
+        for _ in 0..16 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let status = if req.uri().path() == "/secure" {
+                            204
+                        } else {
+                            500
+                        };
+                        let mut r =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `scheme: HTTPS` probes run in the proxy too, without verifying the app's
+/// certificate (as the kubelet does), so the app's HTTPS port stays captured.
+#[tokio::test]
+async fn admin_runs_the_apps_https_probes() {
+    let app = https_app().await;
+    let plain = upstream("plain").await;
+    let probes: remora_api::config::AppProbes = serde_json::from_value(json!({
+        "/app-health/web/readyz": { "httpGet": { "path": "/secure", "port": app.port(), "https": true } },
+        "/app-health/web/livez": { "httpGet": { "path": "/other", "port": app.port(), "https": true } },
+        "/app-health/plain/readyz": { "httpGet": { "path": "/", "port": plain.addr.port(), "https": true } }
+    }))
+    .unwrap();
+    let opts = Options {
+        app_probes: probes,
+        ..Default::default()
+    };
+    let proxy = Proxy::start(parse(&config(json!([]), json!([]), json!([]))), opts)
+        .await
+        .unwrap();
+    let admin = proxy.admin_addr();
+    let (status, body) = admin_get(admin, "/app-health/web/readyz").await;
+    assert_eq!(status, 204, "the app's own status, over TLS: {body}");
+    assert_eq!(admin_get(admin, "/app-health/web/livez").await.0, 500);
+    let (status, body) = admin_get(admin, "/app-health/plain/readyz").await;
+    assert_eq!(status, 503, "no TLS there: {body}");
+    assert_eq!(plain.hits(), 0, "a TLS ClientHello is not an HTTP request");
+}
+
+/// The pod's own settings (from the webhook's env) survive every reload: the
+/// namespace's new document is laid under them again, listeners included.
+#[tokio::test]
+async fn reloaded_configs_keep_the_pods_own_settings() {
+    use remora_sidecar::pod_overrides::{LogLevel, PodOverrides};
+    let (rendered, own, moved) = (free_port(), free_port(), free_port());
+    let opts = Options {
+        overrides: PodOverrides {
+            log_level: Some(LogLevel::Warn),
+            worker_threads: Some(3),
+            drain_timeout: Some("9s".parse().unwrap()),
+            outbound_port: Some(own),
+            ..PodOverrides::default()
+        },
+        ..Default::default()
+    };
+    let cfg = |port: u16, workers: u16| {
+        let mut c = config(json!([outbound(port)]), json!([]), json!([]));
+        c["runtime"] = json!({ "workerThreads": workers, "logLevel": "debug" });
+        c
+    };
+    let proxy = Proxy::start(parse(&cfg(rendered, 1)), opts).await.unwrap();
+    assert_eq!(
+        proxy.listener_addr("outbound").await.unwrap().port(),
+        own,
+        "the pod's port, not the rendered one"
+    );
+    // The namespace's config changes: another port, other runtime settings.
+    proxy.reload(parse(&cfg(moved, 2))).await.unwrap();
+    assert_eq!(proxy.listener_addr("outbound").await.unwrap().port(), own);
+    let effective = proxy.shared.snapshot.load().config.clone();
+    assert_eq!(effective.runtime.worker_threads, 3);
+    assert_eq!(effective.runtime.log_level, "warn");
+    assert_eq!(effective.runtime.drain_timeout.to_string(), "9s");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", own)).is_ok());
 }

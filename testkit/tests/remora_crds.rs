@@ -237,6 +237,21 @@ spec:
         ns,
         r#"
 apiVersion: mesh.remora.dev/v1alpha1
+kind: SidecarTemplate
+metadata: {name: ipv6, namespace: NAMESPACE}
+spec:
+  image: remora-sidecar:dev
+  excludeOutboundCidrs: ["10.0.0.0/8", "fd00::/8"]
+"#,
+    )
+    .await;
+    assert!(err.contains("IPv6 CIDRs are refused"), "{err}");
+
+    let err = refused(
+        cp,
+        ns,
+        r#"
+apiVersion: mesh.remora.dev/v1alpha1
 kind: MeshCertificate
 metadata: {name: windows, namespace: NAMESPACE}
 spec:

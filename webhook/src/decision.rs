@@ -35,10 +35,12 @@ pub enum SkipReason {
     NameConflict,
     /// The admission request has no pod spec.
     NoPodSpec,
+    /// Explicit capture (no inbound listener) in a mesh with mTLS on.
+    ExplicitCaptureWithMtls,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 11] = [
+    pub const ALL: [SkipReason; 12] = [
         SkipReason::NamespaceNotEnabled,
         SkipReason::NamespaceDisabled,
         SkipReason::PodDisabled,
@@ -50,6 +52,7 @@ impl SkipReason {
         SkipReason::TemplateInvalid,
         SkipReason::NameConflict,
         SkipReason::NoPodSpec,
+        SkipReason::ExplicitCaptureWithMtls,
     ];
 
     /// Metric label and annotation value.
@@ -66,6 +69,7 @@ impl SkipReason {
             SkipReason::TemplateInvalid => "template-invalid",
             SkipReason::NameConflict => "name-conflict",
             SkipReason::NoPodSpec => "no-pod-spec",
+            SkipReason::ExplicitCaptureWithMtls => "explicit-capture-with-mtls",
         }
     }
 

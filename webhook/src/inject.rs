@@ -11,8 +11,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use remora_api::config::APP_PROBES_ENV;
-use remora_api::crd::{CaptureMode, PullPolicy, SidecarMode, SidecarTemplateSpec};
+use remora_api::config::{APP_PROBES_ENV, TlsMode};
+use remora_api::crd::{
+    CaptureMode, PullPolicy, SidecarMode, SidecarTemplateSpec, explicit_capture_conflict,
+};
 
 use crate::annotations;
 use crate::overrides::apply_overrides;
@@ -37,6 +39,9 @@ pub struct InjectOptions {
     pub config_map: String,
     /// How long the legacy sidecar's postStart hook waits for the proxy to be ready.
     pub wait_ready_timeout_seconds: u32,
+    /// The mesh's inbound mTLS mode (the operator's `--mtls`): explicit capture,
+    /// which has no inbound listener, is refused unless it is `disabled`.
+    pub mtls: TlsMode,
 }
 
 impl Default for InjectOptions {
@@ -44,6 +49,8 @@ impl Default for InjectOptions {
         Self {
             config_map: "remora-config".into(),
             wait_ready_timeout_seconds: 120,
+            // The operator's default.
+            mtls: TlsMode::Permissive,
         }
     }
 }
@@ -64,6 +71,10 @@ pub enum InjectError {
     AlreadyInjected,
     #[error("the pod has its own container named {0}; rename it to inject the sidecar")]
     NameConflict(&'static str),
+    /// The template or the pod's `remora.dev/capture-mode` asks for explicit
+    /// capture in a mesh with mTLS on.
+    #[error("{0}")]
+    ExplicitCaptureWithMtls(String),
 }
 
 /// Returns `pod` with the sidecar from `template` (after the pod's override annotations):
@@ -85,11 +96,14 @@ pub fn inject(
 
     let mut t = template.spec.clone();
     let mut warnings = apply_overrides(&mut t, pod.metadata.annotations.as_ref());
+    if let Some(why) = explicit_capture_conflict(t.capture_mode, options.mtls) {
+        return Err(InjectError::ExplicitCaptureWithMtls(why));
+    }
     let mut out = pod.clone();
     let spec = out.spec.as_mut().expect("checked above");
     let volumes = VolumeNames::choose(spec);
 
-    let mut proxy = proxy_container(&t, &volumes, options);
+    let mut proxy = proxy_container(&t, &volumes, options, &mut warnings);
     let init = (t.capture_mode == CaptureMode::Iptables).then(|| {
         // Probes the proxy can run go through it; the rest bypass the redirect.
         let rewrite = pod
@@ -109,15 +123,23 @@ pub fn inject(
             }
         }
         let probes = kubelet_ports(spec, &mut warnings);
-        // A served port left out of the capture is outside mTLS and authorization.
-        for c in &spec.containers {
+        // A served port left out of the capture is outside mTLS and authorization,
+        // and a caller there can claim any identity (x-forwarded-client-cert).
+        let native_sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for c in spec.containers.iter().chain(native_sidecars) {
             for p in c.ports.iter().flatten() {
                 if u16::try_from(p.container_port).is_ok_and(|n| probes.contains(&n)) {
                     warnings.push(format!(
                         "remora: container {} serves port {} and the kubelet reaches it \
-                         directly (a gRPC or HTTPS probe, or a lifecycle hook), so traffic to \
-                         that port bypasses the sidecar: no mTLS or authorization on it; probe \
-                         another port to keep it in the mesh",
+                         directly (a probe or hook the proxy does not run: another host, a \
+                         native sidecar of the pod, or remora.dev/rewrite-app-probes=false), so \
+                         traffic to that port bypasses the sidecar: no mTLS or authorization on \
+                         it, and callers can forge x-forwarded-client-cert; probe another port \
+                         to keep it in the mesh",
                         c.name, p.container_port
                     ));
                 }
@@ -303,17 +325,54 @@ fn field_file(path: &str, field: &str) -> DownwardAPIVolumeFile {
     }
 }
 
+/// The environment variables carrying the pod's settings to the proxy, which
+/// lays them over the namespace's rendered config (`remora-sidecar run`,
+/// `sidecar/src/pod_overrides.rs`).
+pub const PROXY_SETTINGS_ENV: [&str; 7] = [
+    "REMORA_LOG_LEVEL",
+    "REMORA_WORKER_THREADS",
+    "REMORA_DRAIN_TIMEOUT",
+    "REMORA_CAPTURE_MODE",
+    "REMORA_INBOUND_PORT",
+    "REMORA_OUTBOUND_PORT",
+    "REMORA_ADMIN_PORT",
+];
+
+/// Every setting of the template the proxy itself reads, in the order of
+/// [`PROXY_SETTINGS_ENV`]. All are passed, not only those that differ from
+/// the namespace's default template: the rendered config follows the default
+/// template, the pod may use another one.
+fn proxy_settings(t: &SidecarTemplateSpec) -> Vec<(&'static str, String)> {
+    let capture = match t.capture_mode {
+        CaptureMode::Iptables => "iptables",
+        CaptureMode::Explicit => "explicit",
+    };
+    let values = [
+        t.log_level.as_str().to_owned(),
+        t.concurrency.to_string(),
+        t.drain_duration.to_string(),
+        capture.to_owned(),
+        t.ports.inbound.0.to_string(),
+        t.ports.outbound.0.to_string(),
+        t.ports.admin.0.to_string(),
+    ];
+    PROXY_SETTINGS_ENV.into_iter().zip(values).collect()
+}
+
 fn proxy_container(
     t: &SidecarTemplateSpec,
     volumes: &VolumeNames,
     options: &InjectOptions,
+    warnings: &mut Vec<String>,
 ) -> Container {
     let admin = i32::from(t.ports.admin.0);
-    let mut env = vec![
-        env_value("REMORA_CONFIG", CONFIG_PATH),
-        env_value("REMORA_LOG_LEVEL", t.log_level.as_str()),
-        env_value("REMORA_CONCURRENCY", &t.concurrency.to_string()),
-        env_value("REMORA_DRAIN_DURATION", &t.drain_duration.to_string()),
+    let mut env = vec![env_value("REMORA_CONFIG", CONFIG_PATH)];
+    env.extend(
+        proxy_settings(t)
+            .into_iter()
+            .map(|(name, value)| env_value(name, &value)),
+    );
+    env.extend([
         env_value("REMORA_IDENTITY_DIR", IDENTITY_DIR),
         env_value("REMORA_RUNTIME_DIR", RUNTIME_DIR),
         env_value("REMORA_POD_LABELS", &format!("{PODINFO_DIR}/labels")),
@@ -322,8 +381,16 @@ fn proxy_container(
         env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env_field("POD_IP", "status.podIP"),
         env_field("NODE_NAME", "spec.nodeName"),
-    ];
+    ]);
     for (name, value) in &t.env {
+        if PROXY_SETTINGS_ENV.contains(&name.as_str()) {
+            warnings.push(format!(
+                "remora: ignored SidecarTemplate env {name}: the proxy's setting comes from the \
+                 template's own field (logLevel, concurrency, drainDuration, captureMode, ports) \
+                 so that the webhook, the probes and the proxy agree"
+            ));
+            continue;
+        }
         match env.iter_mut().find(|e| &e.name == name) {
             Some(existing) => *existing = env_value(name, value),
             None => env.push(env_value(name, value)),
@@ -609,22 +676,84 @@ mod tests {
 
     #[test]
     fn a_served_port_left_out_of_the_capture_is_warned_about() {
-        let p = pod(json!({
-            "metadata": {"name": "rpc"},
-            "spec": {"containers": [{"name": "rpc", "image": "rpc",
-                "ports": [{"containerPort": 50051}, {"containerPort": 8080}],
-                "readinessProbe": {"grpc": {"port": 50051}},
-                "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}}}]}
-        }));
+        let p = |annotations: serde_json::Value| {
+            pod(json!({
+                "metadata": {"name": "rpc", "annotations": annotations},
+                "spec": {"containers": [{"name": "rpc", "image": "rpc",
+                    "ports": [{"containerPort": 50051}, {"containerPort": 8080},
+                        {"containerPort": 8443}],
+                    "readinessProbe": {"grpc": {"port": 50051}},
+                    "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}},
+                    "startupProbe": {"httpGet": {"path": "/up", "port": 8443,
+                        "host": "10.1.2.3"}}}]}
+            }))
+        };
         let template = SelectedTemplate::builtin("remora-sidecar:test");
-        let out = inject(&p, &template, &InjectOptions::default()).unwrap();
-        let about = |port: &str| {
+        let out = inject(&p(json!({})), &template, &InjectOptions::default()).unwrap();
+        let about = |out: &Injection, port: &str| {
             out.warnings
                 .iter()
                 .any(|w| w.contains(&format!("serves port {port} ")))
         };
-        assert!(about("50051"), "{:?}", out.warnings);
-        assert!(!about("8080"), "rewritten, so captured: {:?}", out.warnings);
+        assert!(!about(&out, "50051"), "gRPC rewritten: {:?}", out.warnings);
+        assert!(
+            !about(&out, "8080"),
+            "rewritten, so captured: {:?}",
+            out.warnings
+        );
+        assert!(about(&out, "8443"), "another host: {:?}", out.warnings);
+        let off = inject(
+            &p(json!({annotations::REWRITE_APP_PROBES: "false"})),
+            &template,
+            &InjectOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            about(&off, "50051") && about(&off, "8080"),
+            "{:?}",
+            off.warnings
+        );
+    }
+
+    #[test]
+    fn every_proxy_setting_is_passed_and_template_env_cannot_contradict_it() {
+        let p = pod(json!({"metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "web", "image": "web"}]}}));
+        let mut template = SelectedTemplate::builtin("remora-sidecar:test");
+        template.spec.concurrency = 4;
+        template.spec.ports.admin = remora_api::crd::Port(16000);
+        template
+            .spec
+            .env
+            .insert("REMORA_ADMIN_PORT".into(), "17000".into());
+        template.spec.env.insert("EXTRA".into(), "1".into());
+        let out = inject(&p, &template, &InjectOptions::default()).unwrap();
+        let spec = out.pod.spec.as_ref().unwrap();
+        let proxy = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .unwrap();
+        let env: BTreeMap<&str, &str> = proxy
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+            .collect();
+        for name in PROXY_SETTINGS_ENV {
+            assert!(env.contains_key(name), "{name} missing: {env:?}");
+        }
+        assert_eq!(env["REMORA_WORKER_THREADS"], "4");
+        assert_eq!(env["REMORA_ADMIN_PORT"], "16000", "the template field wins");
+        assert_eq!(env["REMORA_CAPTURE_MODE"], "iptables");
+        assert_eq!(env["REMORA_DRAIN_TIMEOUT"], "5s");
+        assert_eq!(env["EXTRA"], "1");
+        assert!(
+            out.warnings.iter().any(|w| w.contains("REMORA_ADMIN_PORT")),
+            "{:?}",
+            out.warnings
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use remora_api::config::TlsMode;
 use remora_webhook::server::{observability_router, router, serve_plain, serve_tls};
 use remora_webhook::{Catalog, InjectOptions, Metrics, Mutator, ReloadingCert, Settings};
 use tokio::net::TcpListener;
@@ -58,9 +59,20 @@ struct Args {
     /// ConfigMap with the sidecar config (key config.json) in each mesh namespace.
     #[arg(long, default_value = "remora-config")]
     config_map: String,
+    /// The mesh's inbound mTLS mode, as given to the operator: explicit capture
+    /// is refused unless it is `disabled`.
+    #[arg(long, env = "REMORA_MTLS", value_enum, default_value_t = Mtls::Permissive)]
+    mtls: Mtls,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mtls {
+    Disabled,
+    Permissive,
+    Strict,
 }
 
 #[tokio::main]
@@ -89,6 +101,11 @@ async fn main() -> Result<()> {
         default_image: args.default_image,
         inject: InjectOptions {
             config_map: args.config_map,
+            mtls: match args.mtls {
+                Mtls::Disabled => TlsMode::Disabled,
+                Mtls::Permissive => TlsMode::Permissive,
+                Mtls::Strict => TlsMode::Strict,
+            },
             ..InjectOptions::default()
         },
     };

@@ -113,5 +113,9 @@ pub fn process_pod(
             SkipReason::NameConflict,
             vec![format!("remora: sidecar not injected: {e}")],
         ),
+        Err(e @ InjectError::ExplicitCaptureWithMtls(_)) => skip(
+            SkipReason::ExplicitCaptureWithMtls,
+            vec![format!("remora: sidecar not injected: {e}")],
+        ),
     }
 }

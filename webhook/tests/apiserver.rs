@@ -31,6 +31,15 @@ struct Running {
 
 /// Starts the webhook and registers it for namespaces labelled `RUN_LABEL=run`.
 async fn start_webhook(cp: &ControlPlane, run: &str) -> Running {
+    start_webhook_in(cp, run, Settings::default().inject.mtls).await
+}
+
+/// [`start_webhook`] for a mesh whose inbound mTLS is `mtls`.
+async fn start_webhook_in(
+    cp: &ControlPlane,
+    run: &str,
+    mtls: remora_api::config::TlsMode,
+) -> Running {
     cp.install_crds(repo_root().join("crds")).await.unwrap();
     let client = cp.client().await.unwrap();
     let tls = webhook_serving_cert().unwrap();
@@ -39,10 +48,11 @@ async fn start_webhook(cp: &ControlPlane, run: &str) -> Running {
     std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
     let cert = ReloadingCert::load(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
 
-    let settings = Settings {
+    let mut settings = Settings {
         default_image: BUILTIN_IMAGE.into(),
         ..Settings::default()
     };
+    settings.inject.mtls = mtls;
     let mutator = Mutator::new(
         Catalog::watch(client.clone()),
         settings,
@@ -144,6 +154,8 @@ async fn golden_pods_are_injected_and_accepted_by_the_api_server() {
     require_control_plane!();
     let cp = ControlPlane::shared().await;
     let webhook = start_webhook(cp, "golden").await;
+    // Inputs marked so (the explicit-mode cases) are injected in a mesh with mTLS off.
+    let plain = start_webhook_in(cp, "golden-plain", remora_api::config::TlsMode::Disabled).await;
     let inputs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inputs");
     let mut checked = 0;
     for entry in std::fs::read_dir(&inputs).unwrap() {
@@ -153,7 +165,13 @@ async fn golden_pods_are_injected_and_accepted_by_the_api_server() {
         let mut docs = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde_json::Value::deserialize(d).unwrap());
         let mut input: Pod = serde_json::from_value(docs.next().unwrap()).unwrap();
-        let ns = namespace(cp, "golden", &case).await;
+        let mtls_off = text.lines().any(|l| l.trim() == "# Mesh mTLS: disabled");
+        let (webhook, run) = if mtls_off {
+            (&plain, "golden-plain")
+        } else {
+            (&webhook, "golden")
+        };
+        let ns = namespace(cp, run, &case).await;
         input.metadata.namespace = None;
         for doc in docs {
             let mut template: SidecarTemplate = serde_json::from_value(doc).unwrap();
@@ -231,13 +249,8 @@ async fn golden_pods_are_injected_and_accepted_by_the_api_server() {
         checked += 1;
     }
     assert!(checked >= 10);
-    assert!(
-        webhook
-            .mutator
-            .metrics()
-            .admissions(AdmissionResult::Injected)
-            >= 8
-    );
+    let injected = |w: &Running| w.mutator.metrics().admissions(AdmissionResult::Injected);
+    assert!(injected(&webhook) + injected(&plain) >= 8);
 }
 
 #[tokio::test]

@@ -14,15 +14,24 @@ use serde::Deserialize;
 
 const NAMESPACE: &str = "shop";
 
-fn settings() -> Settings {
-    Settings {
+/// An input whose text has this line is injected into a mesh with mTLS
+/// disabled; every other one into the default (permissive) mesh.
+const MTLS_DISABLED: &str = "# Mesh mTLS: disabled";
+
+fn settings(case: &Case) -> Settings {
+    let mut s = Settings {
         default_image: "registry.example/remora-sidecar:builtin".into(),
         ..Settings::default()
+    };
+    if case.mtls_disabled {
+        s.inject.mtls = remora_api::config::TlsMode::Disabled;
     }
+    s
 }
 
 struct Case {
     name: String,
+    mtls_disabled: bool,
     raw_pod: serde_json::Value,
     pod: Pod,
     templates: Vec<Arc<SidecarTemplate>>,
@@ -54,6 +63,7 @@ fn cases() -> Vec<Case> {
                 .collect();
             Case {
                 name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+                mtls_disabled: text.lines().any(|l| l.trim() == MTLS_DISABLED),
                 raw_pod,
                 pod,
                 templates,
@@ -68,7 +78,7 @@ fn render(case: &Case) -> (String, Pod) {
         NAMESPACE,
         Intent::Enabled,
         &case.templates,
-        &settings(),
+        &settings(case),
     );
     let outcome = match &verdict.outcome {
         Outcome::Injected(source) => format!("injected from {source}"),
@@ -120,7 +130,7 @@ fn reinjection_is_a_no_op() {
             NAMESPACE,
             Intent::Enabled,
             &case.templates,
-            &settings(),
+            &settings(&case),
         );
         let a = serde_json::to_value(&once).unwrap();
         let b = serde_json::to_value(&again.pod).unwrap();
@@ -135,7 +145,7 @@ fn reinjection_is_a_no_op() {
                 NAMESPACE,
                 Intent::Enabled,
                 &case.templates,
-                &settings()
+                &settings(&case)
             )
             .outcome,
             Outcome::Injected(_)
@@ -174,11 +184,17 @@ fn patch_applies_to_the_raw_pod_and_keeps_unknown_fields() {
         let patched: Pod = serde_json::from_value(raw).unwrap();
         assert_eq!(patched, injected, "{}", case.name);
         // Never a replace of a whole container, volume or list: only additions, and
-        // field edits inside the probes that are rewritten to the admin port.
+        // field edits inside the probes and hooks that are rewritten to the admin port.
         let in_probe = |path: &str| {
-            ["/livenessProbe/", "/readinessProbe/", "/startupProbe/"]
-                .iter()
-                .any(|p| path.contains(p))
+            [
+                "/livenessProbe/",
+                "/readinessProbe/",
+                "/startupProbe/",
+                "/lifecycle/postStart/httpGet/",
+                "/lifecycle/preStop/httpGet/",
+            ]
+            .iter()
+            .any(|p| path.contains(p))
         };
         for op in &patch.0 {
             let ok = match op {

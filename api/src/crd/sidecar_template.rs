@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::CommonStatus;
-use crate::{Duration, FieldErrors};
+use crate::{Duration, FieldErrors, config::TlsMode};
 
 /// How the sidecar is injected into pods: its image, resources, ports and
 /// traffic capture. A pod uses the template named in its
@@ -31,6 +31,7 @@ use crate::{Duration, FieldErrors};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.ports.inbound != self.ports.outbound && self.ports.inbound != self.ports.admin && self.ports.outbound != self.ports.admin").message("spec.ports: inbound, outbound and admin must be three different ports"))]
+#[x_kube(validation = Rule::new("!has(self.excludeOutboundCidrs) || self.excludeOutboundCidrs.all(c, !c.contains(':'))").message("spec.excludeOutboundCidrs: IPv6 CIDRs are refused: Remora captures IPv4 only (iptables, no ip6tables), so there is no IPv6 capture to exclude them from"))]
 pub struct SidecarTemplateSpec {
     /// Sidecar container image, e.g. `ghcr.io/example/remora-sidecar:0.1.0`.
     #[schemars(length(min = 1))]
@@ -58,7 +59,8 @@ pub struct SidecarTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exclude_outbound_ports: Vec<Port>,
-    /// Outbound destination CIDRs that bypass the sidecar, e.g. `10.0.0.0/8`.
+    /// Outbound destination IPv4 CIDRs that bypass the sidecar, e.g.
+    /// `10.0.0.0/8`. Only IPv4 is captured, so IPv6 CIDRs are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exclude_outbound_cidrs: Vec<Cidr>,
@@ -103,13 +105,15 @@ pub struct SidecarTemplateSpec {
 #[serde(transparent)]
 pub struct Port(#[schemars(range(min = 1, max = 65535))] pub u16);
 
-/// An IPv4 or IPv6 CIDR such as `10.0.0.0/8`.
+/// An IPv4 CIDR such as `10.0.0.0/8`.
+// The pattern admits IPv6 so that the CEL rule refusing it can say why.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Cidr(
-    #[schemars(regex(
-        pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"
-    ))]
+    #[schemars(
+        regex(pattern = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"),
+        length(max = 43)
+    )]
     pub String,
 );
 
@@ -272,11 +276,18 @@ impl SidecarTemplateSpec {
             }
         }
         for (i, cidr) in self.exclude_outbound_cidrs.iter().enumerate() {
-            if !valid_cidr(&cidr.0) {
-                errs.push(
-                    format!("spec.excludeOutboundCidrs[{i}]"),
-                    format!("{:?} is not a valid CIDR", cidr.0),
-                );
+            let at = format!("spec.excludeOutboundCidrs[{i}]");
+            match cidr_family(&cidr.0) {
+                Some(IpFamily::V4) => {}
+                Some(IpFamily::V6) => errs.push(
+                    at,
+                    format!(
+                        "{:?} is an IPv6 CIDR: Remora captures IPv4 only (iptables, no \
+                         ip6tables), so there is no IPv6 capture to exclude it from; remove it",
+                        cidr.0
+                    ),
+                ),
+                None => errs.push(at, format!("{:?} is not a valid CIDR", cidr.0)),
             }
         }
         for key in self.env.keys() {
@@ -302,16 +313,47 @@ impl SidecarTemplateSpec {
     }
 }
 
-fn valid_cidr(s: &str) -> bool {
-    let Some((addr, len)) = s.split_once('/') else {
-        return false;
+/// Why explicit capture cannot work in a mesh whose inbound mTLS is `mtls`,
+/// if it cannot. Explicit mode has no inbound listener: callers' sidecars
+/// would send mTLS straight to the app, and inbound rate limits and
+/// authorization would never run.
+pub fn explicit_capture_conflict(mode: CaptureMode, mtls: TlsMode) -> Option<String> {
+    let mtls = match (mode, mtls) {
+        (CaptureMode::Iptables, _) | (_, TlsMode::Disabled) => return None,
+        (CaptureMode::Explicit, TlsMode::Permissive) => "permissive",
+        (CaptureMode::Explicit, TlsMode::Strict) => "strict",
     };
-    let Ok(len) = len.parse::<u8>() else {
-        return false;
-    };
-    match addr.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => len <= 32,
-        Ok(std::net::IpAddr::V6(_)) => len <= 128,
-        Err(_) => false,
+    Some(format!(
+        "captureMode explicit has no inbound listener, so it cannot be used while the mesh's \
+         mTLS is {mtls}: other sidecars would send TLS straight to the app, and inbound rate \
+         limits and authorization would not run; use captureMode iptables (or a mesh with \
+         mTLS disabled)"
+    ))
+}
+
+impl SidecarTemplateSpec {
+    /// [`validate`](Self::validate), plus what depends on the mesh the
+    /// template is used in: its inbound mTLS mode.
+    pub fn validate_in_mesh(&self, mtls: TlsMode) -> Result<(), FieldErrors> {
+        let mut errs = self.validate().err().unwrap_or_default();
+        if let Some(why) = explicit_capture_conflict(self.capture_mode, mtls) {
+            errs.push("spec.captureMode", why);
+        }
+        errs.into_result()
+    }
+}
+
+enum IpFamily {
+    V4,
+    V6,
+}
+
+/// The family of a well-formed CIDR, `None` when it is not one.
+fn cidr_family(s: &str) -> Option<IpFamily> {
+    let (addr, len) = s.split_once('/')?;
+    let len = len.parse::<u8>().ok()?;
+    match addr.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => (len <= 32).then_some(IpFamily::V4),
+        std::net::IpAddr::V6(_) => (len <= 128).then_some(IpFamily::V6),
     }
 }

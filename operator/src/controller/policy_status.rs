@@ -31,14 +31,16 @@ pub trait PolicyResource:
     + 'static
 {
     const CONTROLLER: &'static str;
-    fn check(&self) -> Result<(), FieldErrors>;
+    fn check(&self, ctx: &Context) -> Result<(), FieldErrors>;
     fn status(&self) -> Option<&CommonStatus>;
 }
 
 impl PolicyResource for SidecarTemplate {
     const CONTROLLER: &'static str = "sidecar_template";
-    fn check(&self) -> Result<(), FieldErrors> {
-        self.spec.validate()
+    /// Explicit capture is refused while the mesh's mTLS is on (the webhook
+    /// skips such pods too).
+    fn check(&self, ctx: &Context) -> Result<(), FieldErrors> {
+        self.spec.validate_in_mesh(ctx.config.mtls)
     }
     fn status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
@@ -47,7 +49,7 @@ impl PolicyResource for SidecarTemplate {
 
 impl PolicyResource for RateLimitPolicy {
     const CONTROLLER: &'static str = "rate_limit_policy";
-    fn check(&self) -> Result<(), FieldErrors> {
+    fn check(&self, _ctx: &Context) -> Result<(), FieldErrors> {
         self.spec.validate()
     }
     fn status(&self) -> Option<&CommonStatus> {
@@ -62,7 +64,7 @@ async fn reconcile<K: PolicyResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         .ok_or_else(|| Error::NoNamespace(obj.name_any()))?;
     let generation = obj.meta().generation;
     let mut status = obj.status().cloned().unwrap_or_default();
-    let (ok, reason, message) = match obj.check() {
+    let (ok, reason, message) = match obj.check(&ctx) {
         Ok(()) => (
             true,
             "Accepted",
