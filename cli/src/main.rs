@@ -1,5 +1,6 @@
 //! `remoractl`: Remora's command-line tool.
 
+mod demo;
 mod inject;
 mod manifests;
 
@@ -19,7 +20,8 @@ use crate::manifests::Document;
 #[command(
     name = "remoractl",
     version,
-    about = "Remora service mesh command-line tool"
+    about = "Remora service mesh command-line tool",
+    after_help = "Start here: `remoractl demo` runs the mesh on this machine, no cluster needed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,8 +30,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the mesh on this machine: real sidecars with strict mTLS in front
+    /// of sample services, a 95/5 canary, a rate limit, HTTP/1.1, HTTP/2 and
+    /// gRPC, with a live view and a summary of what happened.
+    #[command(after_help = "Examples:\n  remoractl demo\n  \
+                            remoractl demo --duration 5s --output json | jq .canary")]
+    Demo(demo::DemoArgs),
     /// Print the sidecar config the operator renders for a namespace from
     /// custom resources in files or directories.
+    #[command(
+        after_help = "Example:\n  remoractl render -f examples/ --mtls strict --trust-bundle ca.pem"
+    )]
     Render {
         /// Files or directories of manifests (YAML or JSON).
         #[arg(short = 'f', long = "filename", required = true)]
@@ -48,20 +59,24 @@ enum Command {
         trust_bundle: Option<PathBuf>,
     },
     /// Validate custom resources and sidecar config files; report every problem.
+    #[command(after_help = "Example:\n  remoractl check -f examples/ -f my-routes.yaml")]
     Check {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
+    #[command(after_help = "Example:\n  remoractl crds --out crds/")]
     Crds {
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Print the JSON Schema of the sidecar config document.
+    #[command(after_help = "Example:\n  remoractl config-schema > api/sidecar-config.schema.json")]
     ConfigSchema,
     /// Print manifests with the sidecar injected into every pod template (Pods,
     /// Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs), as the
     /// webhook would. SidecarTemplates in the inputs are used.
+    #[command(after_help = "Example:\n  remoractl inject -f deploy.yaml > injected.yaml")]
     Inject {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
@@ -75,6 +90,21 @@ enum Command {
         #[arg(long, default_value = "remora-system")]
         mesh_namespace: String,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  remoractl completions bash > ~/.local/share/bash-completion/completions/remoractl\n  \
+                            remoractl completions zsh > \"${fpath[1]}/_remoractl\""
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The demo's sidecar process (`remora-sidecar run`, built in).
+    #[command(hide = true, subcommand)]
+    DemoSidecar(demo::children::SidecarCommand),
+    /// The demo's sample apps.
+    #[command(hide = true, subcommand)]
+    DemoApp(demo::children::AppCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +126,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::DemoSidecar(cmd) => demo::children::run_sidecar(cmd).map(|()| ExitCode::SUCCESS),
+        Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "remoractl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render {
             files,
             namespace,
