@@ -131,12 +131,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "remoractl",
-                &mut std::io::stdout(),
-            );
+            // clap_complete offers hidden subcommands too: leave the demo's
+            // internal ones out.
+            let full = Cli::command();
+            let mut cmd = clap::Command::new("remoractl")
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+            clap_complete::generate(shell, &mut cmd, "remoractl", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Render {

@@ -64,7 +64,7 @@ pub struct RouteReport {
     pub failed: u64,
     /// Ticks skipped because `MAX_IN_FLIGHT` calls were already out.
     pub skipped: u64,
-    /// ok / requests, in percent.
+    /// ok / answered calls, in percent.
     pub success_percent: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -214,7 +214,7 @@ pub fn build(i: Inputs<'_>) -> Report {
             limited: s.limited,
             failed: s.failed,
             skipped: s.skipped,
-            success_percent: percent(s.ok, s.sent),
+            success_percent: percent(s.ok, s.ok + s.limited + s.failed),
             p50_ms: s.percentile_ms(0.5),
             p99_ms: s.percentile_ms(0.99),
             outcomes: s.outcomes.clone(),
@@ -427,7 +427,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -439,21 +439,64 @@ fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
 }
 
+/// How far the canary split may be from its target and still be called
+/// on target: the issue's ±1.5 percentage points.
+pub const CANARY_TOLERANCE_PERCENT: f64 = 1.5;
+
+fn mark(ok: bool) -> char {
+    if ok { '✔' } else { '✘' }
+}
+
+impl Canary {
+    /// The largest distance, in percentage points, of a subset's share from
+    /// its weight.
+    pub fn max_deviation_percent(&self) -> f64 {
+        self.target
+            .iter()
+            .map(|(k, w)| (self.percent.get(k).copied().unwrap_or(0.0) - f64::from(*w)).abs())
+            .fold(0.0, f64::max)
+    }
+}
+
+impl Mtls {
+    /// Handshakes that failed (not `success`, and not the plaintext the
+    /// demo's own probe sent).
+    pub fn failed_handshakes(&self) -> f64 {
+        self.handshakes
+            .iter()
+            .filter(|(k, _)| !k.ends_with("/success") && !k.ends_with("/plaintext_refused"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn successful_handshakes(&self) -> f64 {
+        self.handshakes
+            .iter()
+            .filter(|(k, _)| k.as_str() == "inbound/success")
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 /// The summary in words.
 pub fn summary(r: &Report) -> String {
+    const PAD: &str = "              ";
     let mut o = String::new();
     let total: u64 = r.routes.iter().map(|x| x.requests).sum();
+    let per_second = if r.duration_seconds > 0.0 {
+        total as f64 / r.duration_seconds
+    } else {
+        0.0
+    };
     let _ = writeln!(
         o,
-        "\nWhat you just saw ({:.1} s, {} calls at {:.0}/s{}, {} mTLS, config {} rendered from examples/ by the operator's render):",
-        r.duration_seconds,
+        "\nWhat you just saw: {} calls in {:.1} s ({:.0}/s{}) through {} real sidecars with {} mTLS,\n\
+         configured by the operator's render of examples/ (config {}).\n",
         thousands(total),
-        if r.duration_seconds > 0.0 {
-            total as f64 / r.duration_seconds
-        } else {
-            0.0
-        },
-        if r.interrupted { ", interrupted" } else { "" },
+        r.duration_seconds,
+        per_second,
+        if r.interrupted { ", stopped early" } else { "" },
+        r.pods.len(),
         r.mtls.mode,
         short_hash(&r.config.hash),
     );
@@ -471,7 +514,9 @@ pub fn summary(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "  Canary   {}: {}, target {} (chance alone spreads it ±{:.1} % at this count, 2σ); the client's sidecar sent {} requests (retries included).",
+            "  {} Canary    {}: {}, target {}\n{PAD}chance alone spreads it ±{:.1} % at this count (2σ); the client's\n\
+             {PAD}sidecar sent {} requests to the subsets (retries included)",
+            mark(c.total > 0 && c.max_deviation_percent() <= CANARY_TOLERANCE_PERCENT),
             c.service,
             parts.join(", "),
             target.join("/"),
@@ -480,12 +525,19 @@ pub fn summary(r: &Report) -> String {
         );
     }
     if let Some(l) = &r.rate_limit {
+        let mut over_limited = false;
+        let mut under_clean = true;
         let tenants: Vec<String> = l
             .tenants
             .iter()
             .map(|(t, x)| {
+                if x.sent_per_second > l.requests_per_second {
+                    over_limited |= x.limited_429 > 0;
+                } else {
+                    under_clean &= x.limited_429 == 0;
+                }
                 format!(
-                    "{t} sent {:.0}/s and got {} × 429 of {}",
+                    "{t} sent {:.0}/s → {} of {} answered 429",
                     x.sent_per_second,
                     thousands(x.limited_429),
                     thousands(x.sent)
@@ -494,13 +546,16 @@ pub fn summary(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "  Limit    {}: {} writes per second per {}, burst {} ({}): {}; its sidecar counted {} limited, {} allowed.",
+            "  {} Limit     {} accepts {} writes/s per {} (burst {}, {}):\n{PAD}{}\n\
+             {PAD}the {} sidecar counted {} limited, {} allowed",
+            mark(over_limited && under_clean),
             l.service,
             l.requests_per_second,
             l.per_header.as_deref().unwrap_or("pod"),
             l.burst,
             l.limit,
-            tenants.join(", "),
+            tenants.join("; "),
+            l.service,
             thousands(l.sidecar_limited as u64),
             thousands(l.sidecar_allowed as u64),
         );
@@ -513,64 +568,69 @@ pub fn summary(r: &Report) -> String {
         .collect();
     callers.sort_unstable();
     callers.dedup();
-    let seen = r
-        .mtls
-        .servers
-        .iter()
-        .filter(|s| !s.callers.is_empty())
-        .count();
+    let all_saw = r.mtls.servers.iter().all(|s| !s.callers.is_empty());
+    let refused = r.mtls.plaintext_probe.as_ref().is_some_and(|p| p.refused);
     let _ = writeln!(
         o,
-        "  mTLS     {} of {} servers' apps received the caller's verified identity ({}) in x-forwarded-client-cert; handshakes: {}.",
-        seen,
+        "  {} mTLS      {} of {} servers' apps received the caller {}\n\
+         {PAD}in x-forwarded-client-cert, verified by their sidecars; {} handshakes, {} failed",
+        mark(all_saw && refused && r.mtls.failed_handshakes() == 0.0),
+        r.mtls
+            .servers
+            .iter()
+            .filter(|s| !s.callers.is_empty())
+            .count(),
         r.mtls.servers.len(),
         if callers.is_empty() {
-            "none".to_owned()
+            "(none)".to_owned()
         } else {
             callers.join(", ")
         },
-        r.mtls
-            .handshakes
-            .iter()
-            .map(|(k, v)| format!("{k} {}", thousands(*v as u64)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        thousands(r.mtls.successful_handshakes() as u64),
+        thousands(r.mtls.failed_handshakes() as u64),
     );
     if let Some(p) = &r.mtls.plaintext_probe {
         let _ = writeln!(
             o,
-            "           A plaintext call straight to {}'s sidecar ({}) was {}: {}.",
+            "{PAD}a plaintext call straight to {}'s sidecar ({}) was {}: {}",
             p.pod,
             p.address,
             if p.refused { "refused" } else { "ANSWERED" },
             p.answer
         );
     }
-    for route in &r.routes {
+    for (i, route) in r.routes.iter().enumerate() {
+        let answered = route.ok + route.limited + route.failed;
         let _ = writeln!(
             o,
-            "  {:<8} {}: {} of {} ok ({:.1} %), p50 {}, p99 {}{}.",
+            "  {} {:<9} {:<8} {:<8} {} of {} ok, p50 {}, p99 {}{}",
+            mark(route.failed == 0 && answered > 0),
+            if i == 0 { "Protocols" } else { "" },
             route.protocol,
             route.service,
             thousands(route.ok),
             thousands(route.requests),
-            route.success_percent,
             ms(route.p50_ms),
             ms(route.p99_ms),
-            if route.skipped > 0 {
-                format!(
-                    "; {} calls not sent ({} already in flight: the machine is slower than --rate)",
-                    thousands(route.skipped),
-                    super::traffic::MAX_IN_FLIGHT
-                )
+            if route.limited > 0 {
+                format!(", {} limited", thousands(route.limited))
             } else {
                 String::new()
-            }
+            },
         );
+        if route.skipped > 0 {
+            let _ = writeln!(
+                o,
+                "{PAD}{} calls not sent: {} were already in flight (this machine is slower than --rate {})",
+                thousands(route.skipped),
+                super::traffic::MAX_IN_FLIGHT,
+                r.rate
+            );
+        }
     }
     let _ = writeln!(
         o,
-        "Cleaned up: {} processes stopped, {} {}.",
+        "\nCleaned up: {} processes stopped, {} {}.",
         r.cleanup.processes_stopped,
         r.cleanup.work_dir,
         if r.cleanup.work_dir_removed {

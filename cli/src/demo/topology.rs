@@ -508,7 +508,8 @@ mod tests {
             first_address: Ipv4Addr::new(127, 0, 0, 10),
             port_offset: 0,
         };
-        Plan::new(layout, "").unwrap()
+        let ca = remora_operator::ca::MeshCa::generate("cluster.local").unwrap();
+        Plan::new(layout, ca.cert_pem()).unwrap()
     }
 
     #[test]
