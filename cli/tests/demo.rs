@@ -343,3 +343,57 @@ fn a_taken_port_is_reported_with_the_fix() {
     );
     assert!(stderr.contains("--port-offset"), "{stderr}");
 }
+
+#[test]
+fn kill_9_takes_the_children_down_and_the_next_run_sweeps_the_files() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = remoractl(&["demo", "--duration", "60s", "--first-address", "127.0.9.10"])
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut work_dir = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("sending") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "remoractl ended early: {seen}"
+        );
+        if let Some(rest) = line.split("(work dir ").nth(1) {
+            work_dir = Some(rest.trim_end().trim_end_matches(')').to_owned());
+        }
+        seen.push_str(&line);
+        assert!(Instant::now() < deadline, "no traffic after 30 s: {seen}");
+    }
+    let work_dir = work_dir.unwrap_or_else(|| panic!("no work dir in {seen}"));
+    assert!(Path::new(&work_dir).is_dir());
+    child.kill().unwrap(); // SIGKILL: no handler runs, no Drop.
+    child.wait().unwrap();
+
+    // The kernel's parent-death signal ends every sidecar and app.
+    let children = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&work_dir) || (c.contains("demo-app") && c.contains("127.0.9.")))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children().is_empty() {
+        assert!(Instant::now() < deadline, "still running: {:?}", children());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Only the files stay; the next demo removes them before it starts (here
+    // it then stops at a port the test holds).
+    assert!(Path::new(&work_dir).is_dir());
+    let _held = TcpListener::bind("127.0.9.10:15000").unwrap();
+    let out = remoractl(&["demo", "--first-address", "127.0.9.10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!Path::new(&work_dir).exists(), "{work_dir} was not swept");
+}

@@ -68,6 +68,11 @@ enum Output {
     Json,
 }
 
+/// The demo's temporary directories: `<tmp>/remora-demo-XXXXXX`, holding
+/// the pid of the remoractl that owns it.
+const WORK_DIR_PREFIX: &str = "remora-demo-";
+const OWNER_FILE: &str = "owner.pid";
+
 /// How long the sidecars and apps may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long children get between SIGTERM and SIGKILL.
@@ -121,6 +126,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let interrupted = interrupt_signal()?;
     let live = args.output == Output::Text && std::io::stderr().is_terminal();
     let say = Say { plain: !live };
+    sweep_abandoned_work_dirs(&std::env::temp_dir());
     let layout = Layout {
         first_address: topology::check_first_address(args.first_address)?,
         port_offset: args.port_offset,
@@ -131,8 +137,9 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let plan = Plan::new(layout, ca.cert_pem())?;
     check_addresses_free(&plan)?;
 
-    let work = tempfile::Builder::new().prefix("remora-demo-").tempdir()?;
+    let work = tempfile::Builder::new().prefix(WORK_DIR_PREFIX).tempdir()?;
     let work_dir = work.path().to_owned();
+    std::fs::write(work_dir.join(OWNER_FILE), std::process::id().to_string())?;
     let mut procs = Processes::default();
     let exe = std::env::current_exe().context("finding remoractl's own executable")?;
 
@@ -265,6 +272,33 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Removes the work directories of demos that were killed outright (`kill
+/// -9` gives no chance to clean up; their children died with them through
+/// the parent-death signal). A directory whose owner still runs, or that has
+/// no owner file yet (a demo starting right now), is left alone.
+fn sweep_abandoned_work_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(WORK_DIR_PREFIX);
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("remoractl"))
+        });
+        if is_ours && !alive {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,6 +14,9 @@ pub struct Live {
 
 impl Live {
     pub fn draw(&mut self, frame: &str) {
+        // A wrapped line would throw off the count of lines to move up.
+        let frame = fit(frame, terminal_width());
+        let frame = frame.as_str();
         let mut err = std::io::stderr().lock();
         if self.lines > 0 {
             // Up to the first line of the last frame, and clear below.
@@ -33,6 +36,29 @@ impl Live {
             self.lines = 0;
         }
     }
+}
+
+/// The width of the terminal on stderr, if it is one.
+fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills the winsize we pass; on failure we ignore it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
+            .then_some(ws.ws_col as usize)
+    }
+}
+
+/// Every line cut to `width - 1` characters.
+fn fit(frame: &str, width: Option<usize>) -> String {
+    let Some(width) = width else {
+        return frame.to_owned();
+    };
+    let mut out = String::with_capacity(frame.len());
+    for line in frame.lines() {
+        out.extend(line.chars().take(width.saturating_sub(1)));
+        out.push('\n');
+    }
+    out
 }
 
 pub fn progress_bar(elapsed: f64, total: f64, width: usize) -> String {
@@ -159,6 +185,12 @@ pub fn frame(r: &Report, elapsed: f64, total: f64, addresses: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_cut_to_the_terminal() {
+        assert_eq!(fit("abcdef\n█████\n", Some(4)), "abc\n███\n");
+        assert_eq!(fit("abc\n", None), "abc\n");
+    }
 
     #[test]
     fn the_bar_fills_with_time() {
