@@ -3,6 +3,7 @@
 mod demo;
 mod inject;
 mod manifests;
+mod stat;
 
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
 
@@ -90,6 +91,12 @@ enum Command {
         #[arg(long, default_value = "remora-system")]
         mesh_namespace: String,
     },
+    /// Live request rate, success rate and p50/p99 per listener and upstream
+    /// cluster, from sidecars' admin `/metrics` (such as the demo's).
+    #[command(
+        after_help = "Example:\n  remoractl stat --admin 127.0.0.10:15000 --admin 127.0.0.11:15000"
+    )]
+    Stat(stat::StatArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  remoractl completions bash > ~/.local/share/bash-completion/completions/remoractl\n  \
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Stat(args) => stat::run(args),
         Command::DemoSidecar(cmd) => demo::children::run_sidecar(cmd).map(|()| ExitCode::SUCCESS),
         Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {

@@ -397,3 +397,86 @@ fn kill_9_takes_the_children_down_and_the_next_run_sweeps_the_files() {
     assert!(!out.status.success());
     assert!(!Path::new(&work_dir).exists(), "{work_dir} was not swept");
 }
+
+#[test]
+fn stat_reads_the_live_numbers_of_the_demos_sidecars() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut demo = remoractl(&[
+        "demo",
+        "--duration",
+        "30s",
+        "--first-address",
+        "127.0.11.10",
+    ])
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(demo.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("sending") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "remoractl ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // The client's sidecar (productpage-v1) and reviews-v2's.
+    let out = remoractl(&[
+        "stat",
+        "--admin",
+        "127.0.11.10:15000",
+        "--admin",
+        "127.0.11.12:15000",
+        "--json",
+    ])
+    .output()
+    .unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(demo.id() as libc::pid_t, libc::SIGINT) };
+    let status = wait(&mut demo, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = &s[0];
+    let outbound = client["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listener"] == "outbound")
+        .unwrap();
+    assert!(
+        outbound["requests_per_second"].as_f64().unwrap() > 10.0,
+        "{outbound}"
+    );
+    assert_eq!(
+        outbound["success_percent"], 100.0,
+        "429s are answers, not failures: {outbound}"
+    );
+    assert!(outbound["p99_ms"].as_f64().unwrap() > 0.0, "{outbound}");
+    let rps = |name: &str| {
+        client["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster"] == name)
+            .unwrap()["requests_per_second"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        rps("reviews.bookinfo:9080|v1") > rps("reviews.bookinfo:9080|v2"),
+        "{client}"
+    );
+    let v2 = &s[1]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listener"] == "inbound")
+        .unwrap();
+    assert!(v2["requests"].as_f64().unwrap() > 0.0, "{v2}");
+}

@@ -13,7 +13,7 @@ pub mod children;
 mod greeter;
 mod processes;
 mod report;
-mod scrape;
+pub(crate) mod scrape;
 mod topology;
 mod traffic;
 mod view;
