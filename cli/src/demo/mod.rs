@@ -14,6 +14,7 @@ mod greeter;
 mod processes;
 mod report;
 pub(crate) mod scrape;
+mod summary;
 mod topology;
 mod traffic;
 mod view;
@@ -265,7 +266,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     );
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => print!("{}", report::summary(&report)),
+        Output::Text => print!("{}", summary::summary(&report)),
     }
     Ok(if was_interrupted {
         ExitCode::from(130)

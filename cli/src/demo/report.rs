@@ -3,7 +3,7 @@
 //! sidecars' own `/metrics`. The same numbers feed the live view, the
 //! summary in words and `--output json`.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use remora_api::config::{RouteAction, SidecarConfig, selector_matches};
 use serde::Serialize;
@@ -435,18 +435,6 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
-}
-
-/// How far the canary split may be from its target and still be called
-/// on target: the issue's ±1.5 percentage points.
-pub const CANARY_TOLERANCE_PERCENT: f64 = 1.5;
-
-fn mark(ok: bool) -> char {
-    if ok { '✔' } else { '✘' }
-}
-
 impl Canary {
     /// The largest distance, in percentage points, of a subset's share from
     /// its weight.
@@ -476,170 +464,6 @@ impl Mtls {
             .map(|(_, v)| v)
             .sum()
     }
-}
-
-/// The summary in words.
-pub fn summary(r: &Report) -> String {
-    const PAD: &str = "              ";
-    let mut o = String::new();
-    let total: u64 = r.routes.iter().map(|x| x.requests).sum();
-    let per_second = if r.duration_seconds > 0.0 {
-        total as f64 / r.duration_seconds
-    } else {
-        0.0
-    };
-    let _ = writeln!(
-        o,
-        "\nWhat you just saw: {} calls in {:.1} s ({:.0}/s{}) through {} real sidecars with {} mTLS,\n\
-         configured by the operator's render of examples/ (config {}).\n",
-        thousands(total),
-        r.duration_seconds,
-        per_second,
-        if r.interrupted { ", stopped early" } else { "" },
-        r.pods.len(),
-        r.mtls.mode,
-        short_hash(&r.config.hash),
-    );
-    if let Some(c) = &r.canary {
-        let parts: Vec<String> = c
-            .served
-            .iter()
-            .map(|(k, n)| format!("{} → {k} ({:.1} %)", thousands(*n), c.percent[k]))
-            .collect();
-        let target: Vec<String> = c.target.values().map(u32::to_string).collect();
-        let sidecar: Vec<String> = c
-            .sidecar_upstream
-            .values()
-            .map(|v| thousands(*v as u64))
-            .collect();
-        let _ = writeln!(
-            o,
-            "  {} Canary    {}: {}, target {}\n{PAD}chance alone spreads it ±{:.1} % at this count (2σ); the client's\n\
-             {PAD}sidecar sent {} requests to the subsets (retries included)",
-            mark(c.total > 0 && c.max_deviation_percent() <= CANARY_TOLERANCE_PERCENT),
-            c.service,
-            parts.join(", "),
-            target.join("/"),
-            c.two_sigma_percent,
-            sidecar.join(" / "),
-        );
-    }
-    if let Some(l) = &r.rate_limit {
-        let mut over_limited = false;
-        let mut under_clean = true;
-        let tenants: Vec<String> = l
-            .tenants
-            .iter()
-            .map(|(t, x)| {
-                if x.sent_per_second > l.requests_per_second {
-                    over_limited |= x.limited_429 > 0;
-                } else {
-                    under_clean &= x.limited_429 == 0;
-                }
-                format!(
-                    "{t} sent {:.0}/s → {} of {} answered 429",
-                    x.sent_per_second,
-                    thousands(x.limited_429),
-                    thousands(x.sent)
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            "  {} Limit     {} accepts {} writes/s per {} (burst {}, {}):\n{PAD}{}\n\
-             {PAD}the {} sidecar counted {} limited, {} allowed",
-            mark(over_limited && under_clean),
-            l.service,
-            l.requests_per_second,
-            l.per_header.as_deref().unwrap_or("pod"),
-            l.burst,
-            l.limit,
-            tenants.join("; "),
-            l.service,
-            thousands(l.sidecar_limited as u64),
-            thousands(l.sidecar_allowed as u64),
-        );
-    }
-    let mut callers: Vec<&str> = r
-        .mtls
-        .servers
-        .iter()
-        .flat_map(|s| s.callers.keys().map(String::as_str))
-        .collect();
-    callers.sort_unstable();
-    callers.dedup();
-    let all_saw = r.mtls.servers.iter().all(|s| !s.callers.is_empty());
-    let refused = r.mtls.plaintext_probe.as_ref().is_some_and(|p| p.refused);
-    let _ = writeln!(
-        o,
-        "  {} mTLS      {} of {} servers' apps received the caller {}\n\
-         {PAD}in x-forwarded-client-cert, verified by their sidecars; {} handshakes, {} failed",
-        mark(all_saw && refused && r.mtls.failed_handshakes() == 0.0),
-        r.mtls
-            .servers
-            .iter()
-            .filter(|s| !s.callers.is_empty())
-            .count(),
-        r.mtls.servers.len(),
-        if callers.is_empty() {
-            "(none)".to_owned()
-        } else {
-            callers.join(", ")
-        },
-        thousands(r.mtls.successful_handshakes() as u64),
-        thousands(r.mtls.failed_handshakes() as u64),
-    );
-    if let Some(p) = &r.mtls.plaintext_probe {
-        let _ = writeln!(
-            o,
-            "{PAD}a plaintext call straight to {}'s sidecar ({}) was {}: {}",
-            p.pod,
-            p.address,
-            if p.refused { "refused" } else { "ANSWERED" },
-            p.answer
-        );
-    }
-    for (i, route) in r.routes.iter().enumerate() {
-        let answered = route.ok + route.limited + route.failed;
-        let _ = writeln!(
-            o,
-            "  {} {:<9} {:<8} {:<8} {} of {} ok, p50 {}, p99 {}{}",
-            mark(route.failed == 0 && answered > 0),
-            if i == 0 { "Protocols" } else { "" },
-            route.protocol,
-            route.service,
-            thousands(route.ok),
-            thousands(route.requests),
-            ms(route.p50_ms),
-            ms(route.p99_ms),
-            if route.limited > 0 {
-                format!(", {} limited", thousands(route.limited))
-            } else {
-                String::new()
-            },
-        );
-        if route.skipped > 0 {
-            let _ = writeln!(
-                o,
-                "{PAD}{} calls not sent: {} were already in flight (this machine is slower than --rate {})",
-                thousands(route.skipped),
-                super::traffic::MAX_IN_FLIGHT,
-                r.rate
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "\nCleaned up: {} processes stopped, {} {}.",
-        r.cleanup.processes_stopped,
-        r.cleanup.work_dir,
-        if r.cleanup.work_dir_removed {
-            "removed"
-        } else {
-            "NOT removed"
-        }
-    );
-    o
 }
 
 pub fn short_hash(h: &str) -> String {
