@@ -1,7 +1,9 @@
 //! `remoractl`: Remora's command-line tool.
 
+mod demo;
 mod inject;
 mod manifests;
+mod stat;
 
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
 
@@ -19,7 +21,8 @@ use crate::manifests::Document;
 #[command(
     name = "remoractl",
     version,
-    about = "Remora service mesh command-line tool"
+    about = "Remora service mesh command-line tool",
+    after_help = "Start here: `remoractl demo` runs the mesh on this machine, no cluster needed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,8 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the mesh on this machine: real sidecars with strict mTLS in front
+    /// of sample services, a 95/5 canary, a rate limit, HTTP/1.1, HTTP/2 and
+    /// gRPC, with a live view and a summary of what happened.
+    #[command(after_help = "Examples:\n  remoractl demo\n  \
+                            remoractl demo --duration 5s --output json | jq .canary")]
+    Demo(demo::DemoArgs),
     /// Print the sidecar config the operator renders for a namespace from
     /// custom resources in files or directories.
+    #[command(
+        after_help = "Example:\n  remoractl render -f examples/ --mtls strict --trust-bundle ca.pem"
+    )]
     Render {
         /// Files or directories of manifests (YAML or JSON).
         #[arg(short = 'f', long = "filename", required = true)]
@@ -48,20 +60,24 @@ enum Command {
         trust_bundle: Option<PathBuf>,
     },
     /// Validate custom resources and sidecar config files; report every problem.
+    #[command(after_help = "Example:\n  remoractl check -f examples/ -f my-routes.yaml")]
     Check {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
+    #[command(after_help = "Example:\n  remoractl crds --out crds/")]
     Crds {
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Print the JSON Schema of the sidecar config document.
+    #[command(after_help = "Example:\n  remoractl config-schema > api/sidecar-config.schema.json")]
     ConfigSchema,
     /// Print manifests with the sidecar injected into every pod template (Pods,
     /// Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs), as the
     /// webhook would. SidecarTemplates in the inputs are used.
+    #[command(after_help = "Example:\n  remoractl inject -f deploy.yaml > injected.yaml")]
     Inject {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
@@ -79,6 +95,27 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Mtls::Permissive)]
         mtls: Mtls,
     },
+    /// Live request rate, success rate and p50/p99 per listener and upstream
+    /// cluster, from sidecars' admin `/metrics` (such as the demo's).
+    #[command(
+        after_help = "Example:\n  remoractl stat --admin 127.0.0.10:15000 --admin 127.0.0.11:15000"
+    )]
+    Stat(stat::StatArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  remoractl completions bash > ~/.local/share/bash-completion/completions/remoractl\n  \
+                            remoractl completions zsh > \"${fpath[1]}/_remoractl\""
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The demo's sidecar process (`remora-sidecar run`, built in).
+    #[command(hide = true, subcommand)]
+    DemoSidecar(demo::children::SidecarCommand),
+    /// The demo's sample apps.
+    #[command(hide = true, subcommand)]
+    DemoApp(demo::children::AppCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +147,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Stat(args) => stat::run(args),
+        Command::DemoSidecar(cmd) => demo::children::run_sidecar(cmd).map(|()| ExitCode::SUCCESS),
+        Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // clap_complete offers hidden subcommands too: leave the demo's
+            // internal ones out.
+            let full = Cli::command();
+            let mut cmd = clap::Command::new("remoractl")
+                .version(env!("CARGO_PKG_VERSION"))
+                .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+            clap_complete::generate(shell, &mut cmd, "remoractl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render {
             files,
             namespace,

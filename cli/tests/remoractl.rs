@@ -83,3 +83,60 @@ fn render_without_resources_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Remora resources found"));
 }
+
+#[test]
+fn completions_cover_every_command() {
+    let out = remoractl(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F _remoractl"), "{script}");
+    for cmd in [
+        "demo",
+        "render",
+        "check",
+        "inject",
+        "crds",
+        "config-schema",
+        "completions",
+    ] {
+        assert!(
+            script.contains(cmd),
+            "{cmd} missing from the bash completions"
+        );
+    }
+    assert!(script.contains("--duration"), "demo's flags complete too");
+    // The demo's internal subcommands are not offered.
+    assert!(!script.contains("demo-sidecar"), "{script}");
+    for shell in ["zsh", "fish"] {
+        let out = remoractl(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+}
+
+#[test]
+fn every_command_has_an_example_in_its_help() {
+    for cmd in [
+        "demo",
+        "render",
+        "check",
+        "inject",
+        "crds",
+        "config-schema",
+        "completions",
+    ] {
+        let out = remoractl(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example") && help.contains(&format!("remoractl {cmd}")),
+            "{cmd} --help shows no example:\n{help}"
+        );
+    }
+    let out = remoractl(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("remoractl demo"), "{help}");
+    assert!(
+        !help.contains("demo-sidecar"),
+        "internal commands stay hidden:\n{help}"
+    );
+}

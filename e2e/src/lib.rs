@@ -4,7 +4,9 @@
 //!   end-to-end test (`tests/netns.rs`, docs/e2e-netns.md).
 //! - [`workspace_bin`]: the workspace's binaries next to the test executable.
 //! - [`prometheus`]: reading the sidecar's `/metrics`.
+//! - [`echo`]: the echo app (`remora-echo`, and `remoractl demo`'s services).
 
+pub mod echo;
 pub mod netns;
 pub mod prometheus;
 

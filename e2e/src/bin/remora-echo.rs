@@ -1,22 +1,13 @@
 //! `remora-echo`: the test application behind the sidecars.
 //!
-//! `remora-echo --listen 0.0.0.0:8080 --version v1` answers every HTTP/1.1 and
-//! h2c (prior knowledge) request with 200, `x-echo-version: <version>` and a
-//! JSON body `{"version","host","path","method","headers":{..},"peer","protocol"}`,
-//! so a test sees which subset answered and what the sidecars added on the way
-//! (`x-request-id`, `x-forwarded-client-cert`, route header edits). `GET /healthz`
-//! answers 200 too (`{"status":"ok","version":..}`), for probes.
+//! `remora-echo --listen 0.0.0.0:8080 --version v1` serves
+//! [`remora_e2e::echo`]: every HTTP/1.1 and h2c request is answered with its
+//! own headers as JSON and `x-echo-version: v1`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, body::Incoming, header::HeaderValue, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use remora_e2e::echo::serve;
 use tokio::net::TcpListener;
 
 // No `version` in `command`: `--version` is ours (the subset), not clap's.
@@ -61,78 +52,6 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
-}
-
-async fn serve(listener: TcpListener, version: Arc<str>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("remora-echo: accept: {e}");
-                continue;
-            }
-        };
-        let version = version.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| echo(req, version.clone(), peer));
-            // Errors are the client's business (resets, bad requests).
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-async fn echo(
-    req: Request<Incoming>,
-    version: Arc<str>,
-    peer: SocketAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    // Read the body so keep-alive connections stay usable; its content is not echoed.
-    let _ = body.collect().await;
-    let body = if parts.method == hyper::Method::GET && parts.uri.path() == "/healthz" {
-        serde_json::json!({ "status": "ok", "version": &*version })
-    } else {
-        let mut headers = serde_json::Map::new();
-        for name in parts.headers.keys() {
-            let values: Vec<&str> = parts
-                .headers
-                .get_all(name)
-                .iter()
-                .map(|v| v.to_str().unwrap_or("<binary>"))
-                .collect();
-            headers.insert(name.as_str().to_owned(), values.join(", ").into());
-        }
-        let host = parts
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        serde_json::json!({
-            "version": &*version,
-            "host": host,
-            "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            "method": parts.method.as_str(),
-            "headers": headers,
-            "peer": peer.to_string(),
-            "protocol": format!("{:?}", parts.version),
-        })
-    };
-    let mut bytes = serde_json::to_vec(&body).expect("JSON serializes");
-    bytes.push(b'\n');
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    let h = resp.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&version) {
-        h.insert("x-echo-version", v);
-    }
-    Ok(resp)
 }
 
 #[cfg(test)]
