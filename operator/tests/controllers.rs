@@ -637,20 +637,37 @@ async fn a_route_the_render_rejects_is_not_accepted() {
     require_control_plane!();
     let cp = setup().await;
     let ns = cp.namespace("conflict").await.unwrap();
+    let peer = cp
+        .namespace_with_labels("conflict-peer", &[("remora.dev/inject", "enabled")])
+        .await
+        .unwrap();
     let name = ns.name();
     apply(cp, name, reviews_service()).await;
     apply(cp, name, &reviews_route(&["v1", "v2"])).await;
-    let second = r#"
+    let routes: Api<ServiceRoute> = ns.api();
+    // The first is for its own namespace only, the second for the peer's.
+    routes
+        .patch(
+            "reviews",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"exportTo": ["."]}})),
+        )
+        .await
+        .unwrap();
+    let second = format!(
+        r#"
 apiVersion: mesh.remora.dev/v1alpha1
 kind: ServiceRoute
-metadata: {name: reviews-too}
+metadata: {{name: reviews-too}}
 spec:
   service: reviews
   port: 9080
-  rules: [{destinations: [{}]}]
-"#;
-    apply(cp, name, second).await;
-    let routes: Api<ServiceRoute> = ns.api();
+  exportTo: [{}]
+  rules: [{{destinations: [{{}}]}}]
+"#,
+        peer.name()
+    );
+    apply(cp, name, &second).await;
     let accepted = eventually("the second route refused", || async {
         let s = routes.get("reviews-too").await.ok()?.status?;
         condition(&s.conditions, "Accepted")
@@ -659,10 +676,10 @@ spec:
     })
     .await;
     assert_eq!(accepted.reason, "Conflict");
-    // What rendering reports for it, word for word.
+    // What rendering reports for it (where it is exported), word for word.
     let all = routes.list(&Default::default()).await.unwrap().items;
     let rendered = remora_operator::render::render_sidecar_config(
-        &remora_operator::render::RenderContext::new(name),
+        &remora_operator::render::RenderContext::new(peer.name()),
         &remora_operator::render::MeshResources {
             routes: all,
             ..Default::default()
@@ -682,6 +699,14 @@ spec:
         Some("True")
     );
 
+    let peer_configs: Api<ConfigMap> = peer.api();
+    let table = format!("reviews.{name}:9080");
+    let (config, _) = eventually("the peer's config", || sidecar_config(&peer_configs)).await;
+    assert!(
+        !config.routes.iter().any(|t| t.name == table),
+        "the refused route is in no config"
+    );
+
     cp.kubectl_ok(["delete", "serviceroute", "reviews", "-n", name])
         .await
         .unwrap();
@@ -694,6 +719,12 @@ spec:
                 .then_some(())
         },
     )
+    .await;
+    // And rendered where it is exported, though the deleted route was not.
+    eventually("the second route in the peer's config", || async {
+        let (c, _) = sidecar_config(&peer_configs).await?;
+        c.routes.iter().any(|t| t.name == table).then_some(())
+    })
     .await;
 }
 

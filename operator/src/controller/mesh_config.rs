@@ -405,6 +405,7 @@ pub async fn run(ctx: Arc<Context>) {
     let all_for_revocations = all_namespaces.clone();
     let stores_for_services = stores.clone();
     let stores_for_pods = stores.clone();
+    let stores_for_routes = stores.clone();
     let last_addresses = LastSeen::default();
     let last_pod_namespaces = LastSeen::default();
     let mtls_on = ctx.config.mtls != remora_api::config::TlsMode::Disabled;
@@ -467,16 +468,29 @@ pub async fn run(ctx: Arc<Context>) {
             // Its own namespace always: the namespace cache may not have seen
             // a namespace created a moment before the route.
             let mut out = vec![ObjectRef::new(&r.namespace().unwrap_or_default())];
-            if r.spec.export_to.iter().any(|e| e == "*") {
+            // A change can settle a conflict over the service port (only the
+            // first route by name is rendered): the others' namespaces too.
+            let same_port: Vec<_> = stores_for_routes
+                .routes
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == r.namespace() && o.spec.service == r.spec.service)
+                .collect();
+            let export_to = r
+                .spec
+                .export_to
+                .iter()
+                .chain(same_port.iter().flat_map(|o| o.spec.export_to.iter()));
+            let mut all = false;
+            for e in export_to {
+                match e.as_str() {
+                    "*" => all = true,
+                    "." => {}
+                    ns => out.push(ObjectRef::new(ns)),
+                }
+            }
+            if all {
                 out.extend(all_for_routes());
-            } else {
-                out.extend(
-                    r.spec
-                        .export_to
-                        .iter()
-                        .filter(|e| *e != ".")
-                        .map(|e| ObjectRef::new(e)),
-                );
             }
             out
         })
