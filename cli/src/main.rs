@@ -235,6 +235,10 @@ fn render(
     for r in &rendered.rejected {
         eprintln!("rejected {r}");
     }
+    // Accepted, but left out until the sidecar enforces them (not an error).
+    for r in &rendered.not_enforced {
+        eprintln!("not enforced {r}");
+    }
     // The renderer's output must pass the sidecar's own checks.
     rendered
         .config

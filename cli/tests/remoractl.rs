@@ -35,8 +35,14 @@ fn render_of_the_examples_prints_a_config_the_sidecar_accepts() {
     );
     assert_eq!(
         config.rate_limits.len(),
-        3,
-        "two buckets and the adaptive limit"
+        2,
+        "two buckets; the adaptive limit is not enforced yet, so not rendered"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not enforced RateLimitPolicy bookinfo/ratings: spec.adaptive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

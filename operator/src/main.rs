@@ -6,7 +6,12 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use clap::{Parser, ValueEnum};
 use remora_api::config::TlsMode;
-use remora_operator::{controller::OperatorConfig, metrics::Metrics};
+use remora_operator::{
+    controller::OperatorConfig,
+    health::{Health, Role},
+    leader::{self, LeaseTimings},
+    metrics::Metrics,
+};
 
 #[derive(Parser)]
 #[command(name = "remora-operator", version, about = "Remora's control plane")]
@@ -53,10 +58,27 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(if args.leader_election {
+        Role::Standby
+    } else {
+        Role::Leader
+    }));
 
+    let readyz = {
+        let health = health.clone();
+        move || async move {
+            let (ready, why) = health.readiness();
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (code, why)
+        }
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
@@ -67,17 +89,30 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.http_addr))?;
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    if args.leader_election {
+    let leadership = if args.leader_election {
         let identity = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("remora-operator-{}", std::process::id()));
-        remora_operator::leader::acquire(
-            client.clone(),
-            &args.namespace,
-            "remora-operator",
-            &identity,
-        )
-        .await?;
-    }
+        let held = tokio::select! {
+            held = leader::acquire_with(
+                client.clone(),
+                &args.namespace,
+                "remora-operator",
+                &identity,
+                health.clone(),
+                LeaseTimings::default(),
+            ) => held?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        Some(held)
+    } else {
+        None
+    };
+    let lost = async move {
+        match leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
 
     let mut config = OperatorConfig::new(args.namespace);
     config.trust_domain = args.trust_domain;
@@ -89,7 +124,11 @@ async fn main() -> anyhow::Result<()> {
         Mtls::Strict => TlsMode::Strict,
     };
     tokio::select! {
-        res = remora_operator::run(client, config, metrics) => res.context("operator stopped")?,
+        res = remora_operator::run_with_health(client, config, metrics, health) => {
+            res.context("operator stopped")?
+        }
+        // Stop reconciling at once; the restart rejoins the election as standby.
+        _ = lost => anyhow::bail!("stepped down: the leader lease was lost"),
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())

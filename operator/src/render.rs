@@ -13,6 +13,8 @@ use std::{
 use kube::ResourceExt;
 use remora_api::{FieldErrors, config::*, crd::*};
 
+use crate::acceptance;
+
 /// Mesh-wide settings that are not in any one resource.
 #[derive(Clone, Debug)]
 pub struct RenderContext {
@@ -83,11 +85,15 @@ pub struct Rendered {
     /// The sealed document (its `hash` is set).
     pub config: SidecarConfig,
     pub rejected: Vec<Rejected>,
+    /// Rendered, but without fields the sidecar does not enforce yet
+    /// ([`acceptance`]).
+    pub not_enforced: Vec<Rejected>,
 }
 
 /// Renders the sidecar config for `ctx.namespace`.
 pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> Rendered {
     let mut rejected = Vec::new();
+    let mut not_enforced = Vec::new();
     let ns = ctx.namespace.as_str();
 
     let template = default_template(ctx, &resources.templates, &mut rejected);
@@ -97,8 +103,23 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
         .routes
         .iter()
         .filter(|r| exported_to(r, ns))
-        .filter(|r| accept(&mut rejected, "ServiceRoute", *r, r.spec.validate()))
+        .filter(|r| {
+            let refused = acceptance::refuse_route(r, &resources.routes);
+            accept(
+                &mut rejected,
+                "ServiceRoute",
+                *r,
+                refused.map_or(Ok(()), |f| Err(f.errors)),
+            )
+        })
         .collect();
+    for r in &routes {
+        not_enforced.extend(left_out(
+            "ServiceRoute",
+            *r,
+            acceptance::route_not_enforced(&r.spec),
+        ));
+    }
     routes.sort_by_key(|r| (route_ns(r), r.name_any()));
 
     let mut clusters = BTreeMap::new();
@@ -135,6 +156,8 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
         .collect();
     policies.sort_by_key(|p| p.name_any());
     for policy in policies {
+        let left = acceptance::rate_limit_not_enforced(&policy.spec);
+        not_enforced.extend(left_out("RateLimitPolicy", policy, left));
         rate_limits.extend(rate_limit(ns, policy));
     }
 
@@ -209,7 +232,20 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
     Rendered {
         config: config.seal(),
         rejected,
+        not_enforced,
     }
+}
+
+/// A resource's fields left out because the sidecar does not enforce them yet.
+fn left_out<K: kube::Resource<DynamicType = ()>>(
+    kind: &str,
+    obj: &K,
+    errors: FieldErrors,
+) -> Option<Rejected> {
+    (!errors.is_empty()).then(|| Rejected {
+        object: object_name(kind, obj),
+        errors,
+    })
 }
 
 /// Cluster for inbound traffic: the application on 127.0.0.1.
@@ -553,9 +589,8 @@ fn cluster(
             max_pending_requests: pool
                 .max_pending_requests
                 .unwrap_or(c.limits.max_pending_requests),
-            max_requests_per_connection: pool
-                .max_requests_per_connection
-                .unwrap_or(c.limits.max_requests_per_connection),
+            // Not enforced by the sidecar yet: not rendered (Degraded).
+            max_requests_per_connection: c.limits.max_requests_per_connection,
         };
         c.connect_timeout = pool.connect_timeout.unwrap_or(c.connect_timeout);
         c.idle_timeout = pool.idle_timeout.unwrap_or(c.idle_timeout);
@@ -685,16 +720,10 @@ fn rate_limit(ns: &str, policy: &RateLimitPolicy) -> Vec<RateLimit> {
         pod_selector: spec.pod_selector.clone(),
         matches: RequestMatch::default(),
         bucket: None,
-        test_traffic: spec.test_traffic.as_ref().map(|t| TestTraffic {
-            header: t.header.to_ascii_lowercase(),
-            value: t.value.clone(),
-            max_share_percent: t.max_share_percent,
-        }),
-        adaptive: spec.adaptive.as_ref().map(|a| AdaptiveLimit {
-            cpu_percent: a.cpu_percent,
-            max_concurrency: a.max_concurrency,
-            window: a.window,
-        }),
+        // `testTraffic` and `adaptive` are not enforced by the sidecar yet:
+        // not rendered, and the policy reports Degraded (see `acceptance`).
+        test_traffic: None,
+        adaptive: None,
         response: LimitResponse {
             status: spec.response.status,
             headers: spec.response.headers.clone(),
@@ -702,12 +731,6 @@ fn rate_limit(ns: &str, policy: &RateLimitPolicy) -> Vec<RateLimit> {
         },
         dry_run: spec.dry_run,
     };
-    // The adaptive mode is one entry of its own: it sheds by the pod's load,
-    // whatever the buckets say.
-    let adaptive = base.adaptive.is_some().then(|| RateLimit {
-        name: format!("{ns}/{name}/adaptive"),
-        ..base.clone()
-    });
     let buckets = spec.limits.iter().flatten().map(|l| RateLimit {
         name: format!("{ns}/{name}/{}", l.name),
         matches: l.matches.as_ref().map(request_match).unwrap_or_default(),
@@ -720,5 +743,5 @@ fn rate_limit(ns: &str, policy: &RateLimitPolicy) -> Vec<RateLimit> {
         adaptive: None,
         ..base.clone()
     });
-    buckets.chain(adaptive).collect()
+    buckets.collect()
 }

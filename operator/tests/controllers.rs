@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use common::*;
 use k8s_openapi::api::{
@@ -17,7 +17,7 @@ use kube::{
 };
 use remora_api::crd::{MeshCertificate, ServiceRoute};
 use remora_operator::ca::certificate_facts;
-use remora_testkit::require_control_plane;
+use remora_testkit::{ControlPlane, require_control_plane};
 use serde_json::json;
 
 fn reviews_service() -> &'static str {
@@ -555,4 +555,487 @@ spec:
         .then_some(())
     })
     .await;
+}
+
+fn certificate(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: mesh.remora.dev/v1alpha1
+kind: MeshCertificate
+metadata: {{name: {name}}}
+spec:
+  serviceAccount: {name}
+  ttl: 2h
+  rotateBefore: 10m
+  warnBefore: 20m
+"#
+    )
+}
+
+/// Revoking, then deleting the MeshCertificate: the serial stays listed in
+/// every namespace's config until the certificate would have expired, kept
+/// in the operator's revocation store; expired entries are pruned.
+#[tokio::test]
+async fn revocations_outlive_their_certificate_until_it_expires() {
+    require_control_plane!();
+    let cp = setup().await;
+    let ns = cp.namespace("revoke-delete").await.unwrap();
+    let peer = cp
+        .namespace_with_labels("revoke-peer", &[("remora.dev/inject", "enabled")])
+        .await
+        .unwrap();
+    apply(cp, ns.name(), &certificate("leaked")).await;
+    let certs: Api<MeshCertificate> = ns.api();
+    let (first, not_after) = eventually("the first certificate", || async {
+        let s = certs.get("leaked").await.ok()?.status?;
+        Some((s.serial?, s.not_after?))
+    })
+    .await;
+    let finalizers = certs.get("leaked").await.unwrap().finalizers().to_vec();
+    assert_eq!(finalizers, ["mesh.remora.dev/revocations"]);
+
+    certs
+        .patch(
+            "leaked",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"revoked": true}})),
+        )
+        .await
+        .unwrap();
+    let status = eventually("the replacement certificate", || async {
+        let s = certs.get("leaked").await.ok()?.status?;
+        (s.serial.as_ref() != Some(&first) && s.revoked_at.is_some()).then_some(s)
+    })
+    .await;
+    // The certificate replaced because it was revoked stays revoked, with
+    // its own expiry; the replacement is not revoked.
+    assert_eq!(status.revoked_serials, std::slice::from_ref(&first));
+    assert_eq!(
+        status.revocations,
+        [remora_api::crd::Revocation {
+            serial: first.clone(),
+            not_after: not_after.clone()
+        }]
+    );
+    let peer_configs: Api<ConfigMap> = peer.api();
+    eventually("the revocation in another namespace", || async {
+        let (c, _) = sidecar_config(&peer_configs).await?;
+        c.tls.revoked_serials.contains(&first).then_some(())
+    })
+    .await;
+
+    cp.kubectl_ok(["delete", "meshcertificate", "leaked", "-n", ns.name()])
+        .await
+        .unwrap();
+    eventually("the MeshCertificate gone", || async {
+        certs.get_opt("leaked").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let store: Api<ConfigMap> = Api::namespaced(ns.client(), OPERATOR_NS);
+    let kept = eventually("the serial in the revocation store", || async {
+        let cm = store.get_opt("remora-revocations").await.ok()??;
+        cm.data?.get(&first).cloned()
+    })
+    .await;
+    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept["notAfter"], not_after.as_str());
+    assert_eq!(kept["certificate"], format!("{}/leaked", ns.name()));
+    // Still listed after deletion (give a wrong render time to happen).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (config, _) = sidecar_config(&peer_configs).await.unwrap();
+    assert!(
+        config.tls.revoked_serials.contains(&first),
+        "deleting the MeshCertificate un-revoked {first}: {:?}",
+        config.tls.revoked_serials
+    );
+
+    // An entry whose certificate has expired is pruned, from the store and
+    // from the configs.
+    let expired = "0badc0ffee";
+    store
+        .patch(
+            "remora-revocations",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {expired: r#"{"notAfter":"2020-01-01T00:00:00Z"}"#}})),
+        )
+        .await
+        .unwrap();
+    eventually("the expired entry pruned", || async {
+        let cm = store.get_opt("remora-revocations").await.ok()??;
+        let data = cm.data.unwrap_or_default();
+        (!data.contains_key(expired) && data.contains_key(&first)).then_some(())
+    })
+    .await;
+    let (config, _) = sidecar_config(&peer_configs).await.unwrap();
+    assert!(!config.tls.revoked_serials.iter().any(|s| s == expired));
+    assert!(config.tls.revoked_serials.contains(&first));
+}
+
+fn condition<'a>(
+    conditions: &'a [remora_api::crd::Condition],
+    type_: &str,
+) -> Option<&'a remora_api::crd::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A second ServiceRoute for a service port is left out of the configs, and
+/// its status says so with the render's own message; when the first goes,
+/// the second takes over.
+#[tokio::test]
+async fn a_route_the_render_rejects_is_not_accepted() {
+    require_control_plane!();
+    let cp = setup().await;
+    let ns = cp.namespace("conflict").await.unwrap();
+    let peer = cp
+        .namespace_with_labels("conflict-peer", &[("remora.dev/inject", "enabled")])
+        .await
+        .unwrap();
+    let name = ns.name();
+    apply(cp, name, reviews_service()).await;
+    apply(cp, name, &reviews_route(&["v1", "v2"])).await;
+    let routes: Api<ServiceRoute> = ns.api();
+    // The first is for its own namespace only, the second for the peer's.
+    routes
+        .patch(
+            "reviews",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"exportTo": ["."]}})),
+        )
+        .await
+        .unwrap();
+    let second = format!(
+        r#"
+apiVersion: mesh.remora.dev/v1alpha1
+kind: ServiceRoute
+metadata: {{name: reviews-too}}
+spec:
+  service: reviews
+  port: 9080
+  exportTo: [{}]
+  rules: [{{destinations: [{{}}]}}]
+"#,
+        peer.name()
+    );
+    apply(cp, name, &second).await;
+    let accepted = eventually("the second route refused", || async {
+        let s = routes.get("reviews-too").await.ok()?.status?;
+        condition(&s.conditions, "Accepted")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await;
+    assert_eq!(accepted.reason, "Conflict");
+    // What rendering reports for it (where it is exported), word for word.
+    let all = routes.list(&Default::default()).await.unwrap().items;
+    let rendered = remora_operator::render::render_sidecar_config(
+        &remora_operator::render::RenderContext::new(peer.name()),
+        &remora_operator::render::MeshResources {
+            routes: all,
+            ..Default::default()
+        },
+    );
+    let rejected: Vec<String> = rendered.rejected.iter().map(|r| r.to_string()).collect();
+    assert_eq!(rejected, std::slice::from_ref(&accepted.message));
+    assert_eq!(
+        accepted.message,
+        format!(
+            "ServiceRoute {name}/reviews-too: spec.port: ServiceRoute reviews already routes reviews.{name}:9080; only the first by name is used"
+        )
+    );
+    let first = routes.get("reviews").await.unwrap().status.unwrap();
+    assert_eq!(
+        condition(&first.conditions, "Accepted").map(|c| c.status.as_str()),
+        Some("True")
+    );
+
+    let peer_configs: Api<ConfigMap> = peer.api();
+    let table = format!("reviews.{name}:9080");
+    let (config, _) = eventually("the peer's config", || sidecar_config(&peer_configs)).await;
+    assert!(
+        !config.routes.iter().any(|t| t.name == table),
+        "the refused route is in no config"
+    );
+
+    cp.kubectl_ok(["delete", "serviceroute", "reviews", "-n", name])
+        .await
+        .unwrap();
+    eventually(
+        "the second route accepted once the first is gone",
+        || async {
+            let s = routes.get("reviews-too").await.ok()?.status?;
+            condition(&s.conditions, "Accepted")
+                .is_some_and(|c| c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    // And rendered where it is exported, though the deleted route was not.
+    eventually("the second route in the peer's config", || async {
+        let (c, _) = sidecar_config(&peer_configs).await?;
+        c.routes.iter().any(|t| t.name == table).then_some(())
+    })
+    .await;
+}
+
+/// Fields the sidecar does not enforce yet: the resource says so (Degraded,
+/// not Ready) and the config does not carry them; RPC protocols are refused.
+#[tokio::test]
+async fn fields_the_sidecar_ignores_are_reported_and_not_rendered() {
+    require_control_plane!();
+    let cp = setup().await;
+    let ns = cp.namespace("ignored").await.unwrap();
+    let name = ns.name();
+    apply(cp, name, reviews_service()).await;
+    apply(
+        cp,
+        name,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: rpc}
+spec:
+  selector: {app: rpc}
+  ports: [{name: bolt, port: 12200}]
+---
+apiVersion: mesh.remora.dev/v1alpha1
+kind: ServiceRoute
+metadata: {name: reviews}
+spec:
+  service: reviews
+  port: 9080
+  connectionPool: {maxRequestsPerConnection: 10}
+  rules:
+    - destinations: [{}]
+      mirror: {destination: {service: reviews}, percentage: 50}
+---
+apiVersion: mesh.remora.dev/v1alpha1
+kind: ServiceRoute
+metadata: {name: rpc}
+spec:
+  service: rpc
+  port: 12200
+  protocol: bolt
+  rules: [{destinations: [{}]}]
+---
+apiVersion: mesh.remora.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: shed}
+spec:
+  limits: [{name: all, requests: 100}]
+  adaptive: {cpuPercent: 80}
+  testTraffic: {header: x-load-test, value: "true"}
+"#,
+    )
+    .await;
+    let routes: Api<ServiceRoute> = ns.api();
+    let degraded = eventually("the route Degraded", || async {
+        let s = routes.get("reviews").await.ok()?.status?;
+        condition(&s.conditions, "Degraded")
+            .cloned()
+            .map(|d| (d, s))
+    })
+    .await;
+    let (d, s) = degraded;
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "NotEnforced")
+    );
+    assert!(
+        !d.message.contains("mirror"),
+        "the sidecar mirrors: {}",
+        d.message
+    );
+    assert!(
+        d.message
+            .contains("spec.connectionPool.maxRequestsPerConnection"),
+        "{}",
+        d.message
+    );
+    let ready = condition(&s.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "False", "{ready:?}");
+    assert!(!ready.message.contains("rendered into the sidecar config"));
+
+    let bolt = eventually("the bolt route refused", || async {
+        let s = routes.get("rpc").await.ok()?.status?;
+        condition(&s.conditions, "Accepted")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await;
+    assert_eq!(bolt.reason, "UnsupportedProtocol");
+    assert!(
+        bolt.message
+            .contains("spec.protocol: bolt is not supported"),
+        "{}",
+        bolt.message
+    );
+
+    let policies: Api<remora_api::crd::RateLimitPolicy> = ns.api();
+    let s = eventually("the policy Degraded", || async {
+        let s = policies.get("shed").await.ok()?.status?;
+        condition(&s.conditions, "Degraded").is_some().then_some(s)
+    })
+    .await;
+    let d = condition(&s.conditions, "Degraded").unwrap();
+    assert!(
+        d.message.contains("spec.adaptive: is not enforced"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.message.contains("spec.testTraffic: is not enforced"),
+        "{}",
+        d.message
+    );
+    assert_eq!(condition(&s.conditions, "Ready").unwrap().status, "False");
+    assert_eq!(condition(&s.conditions, "Accepted").unwrap().status, "True");
+
+    let config_maps: Api<ConfigMap> = ns.api();
+    let (config, _) = eventually("the config with the route and the limit", || async {
+        sidecar_config(&config_maps).await.filter(|(c, _)| {
+            c.routes
+                .iter()
+                .any(|t| t.name == format!("reviews.{name}:9080"))
+                && !c.rate_limits.is_empty()
+        })
+    })
+    .await;
+    assert!(
+        !config
+            .routes
+            .iter()
+            .any(|t| t.name == format!("rpc.{name}:12200")),
+        "the bolt route is not rendered"
+    );
+    let table = config
+        .routes
+        .iter()
+        .find(|t| t.name == format!("reviews.{name}:9080"))
+        .unwrap();
+    assert!(
+        table
+            .routes
+            .iter()
+            .all(|r| r.mirror.as_ref().is_some_and(|m| m.percentage == 50.0)),
+        "the mirror is rendered"
+    );
+    let cluster = config.cluster(&format!("reviews.{name}:9080")).unwrap();
+    assert_eq!(cluster.limits.max_requests_per_connection, 0);
+    assert!(
+        config
+            .rate_limits
+            .iter()
+            .all(|l| l.adaptive.is_none() && l.test_traffic.is_none()),
+        "{:?}",
+        config.rate_limits
+    );
+    assert_eq!(config.rate_limits.len(), 1, "only the token bucket");
+}
+
+/// The real webhook on 127.0.0.1, registered for pods labelled
+/// `operator-test.remora.dev/inject-run` only, so other tests' pods are left alone.
+async fn start_webhook(cp: &ControlPlane) -> tempfile::TempDir {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use remora_webhook::{
+        Catalog, FailurePolicy, Metrics, Mutator, ReloadingCert, Settings,
+        WebhookConfigurationOptions, WebhookEndpoint, mutating_webhook_configuration,
+        server::{router, serve_tls},
+    };
+    let client = cp.client().await.unwrap();
+    let tls = remora_testkit::webhook_serving_cert().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &tls.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
+    let cert = ReloadingCert::load(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
+    let mutator = Mutator::new(
+        Catalog::watch(client.clone()),
+        Settings {
+            default_image: "registry.example/remora-sidecar:test".into(),
+            ..Settings::default()
+        },
+        Arc::new(Metrics::new()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/mutate", listener.local_addr().unwrap());
+    tokio::spawn(serve_tls(
+        listener,
+        Arc::new(cert.server_config()),
+        router(mutator),
+        std::future::pending(),
+    ));
+    let mut options = WebhookConfigurationOptions::new(WebhookEndpoint::Url(url), tls.ca_pem);
+    options.name = "remora-operator-test".into();
+    options.failure_policy = FailurePolicy::Fail;
+    let mut configuration = mutating_webhook_configuration(&options);
+    configuration.webhooks.as_mut().unwrap()[0].object_selector = Some(LabelSelector {
+        match_labels: Some([(INJECT_RUN.to_owned(), "yes".to_owned())].into()),
+        match_expressions: None,
+    });
+    Api::<MutatingWebhookConfiguration>::all(client)
+        .patch(
+            &options.name,
+            &PatchParams::apply("remora-operator-test").force(),
+            &Patch::Apply(configuration),
+        )
+        .await
+        .unwrap();
+    dir
+}
+
+const INJECT_RUN: &str = "operator-test.remora.dev/inject-run";
+
+/// A pod that opts in by its own annotation, in a namespace with no label
+/// and no Remora resource, is injected, and the operator renders the
+/// ConfigMap its config volume names, so the volume resolves.
+#[tokio::test]
+async fn a_pod_that_opts_in_alone_gets_the_config_its_volume_names() {
+    require_control_plane!();
+    let cp = setup().await;
+    let _webhook = start_webhook(cp).await;
+    let ns = cp.namespace("opt-in-alone").await.unwrap();
+    let mut pod = remora_testkit::pod("app", "registry.example/app:1");
+    pod.metadata.labels = Some([(INJECT_RUN.to_owned(), "yes".to_owned())].into());
+    pod.metadata.annotations =
+        Some([("remora.dev/inject".to_owned(), "enabled".to_owned())].into());
+    // The API server picks the webhook configuration up from a watch.
+    eventually("the webhook to be called", || async {
+        let dry = cp.create_pod_dry_run(ns.name(), &pod).await.ok()?;
+        let injected = dry
+            .metadata
+            .annotations
+            .as_ref()?
+            .get("remora.dev/inject-status")
+            .is_some_and(|s| s == "injected");
+        injected.then_some(())
+    })
+    .await;
+    let stored = cp.create_pod(ns.name(), &pod).await.unwrap();
+    assert_eq!(
+        stored
+            .labels()
+            .get("remora.dev/sidecar")
+            .map(String::as_str),
+        Some("injected")
+    );
+    let config_map = stored
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.config_map.as_ref())
+        .expect("a ConfigMap volume")
+        .clone();
+    assert_ne!(config_map.optional, Some(true), "the volume is required");
+
+    let config_maps: Api<ConfigMap> = ns.api();
+    let cm = eventually("the ConfigMap the volume names", || async {
+        config_maps.get_opt(&config_map.name).await.ok()?
+    })
+    .await;
+    let json = &cm.data.unwrap()["config.json"];
+    let config = remora_api::config::SidecarConfig::from_json(json.as_bytes()).unwrap();
+    assert_eq!(config.namespace.as_deref(), Some(ns.name()));
 }

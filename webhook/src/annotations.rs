@@ -1,11 +1,9 @@
 //! The labels and annotations the webhook reads and writes, all under `remora.dev/`.
 
-/// Pod label or annotation, namespace label: `enabled` or `disabled`.
-pub const INJECT: &str = "remora.dev/inject";
-/// Written by the webhook: `injected`, or `skipped: <reason>`.
-pub const INJECT_STATUS: &str = "remora.dev/inject-status";
-/// Written by the webhook: `<namespace>/<name>@<generation>` of the template, or `builtin`.
-pub const INJECTED: &str = "remora.dev/injected";
+// Shared with the operator: `inject` (pod label or annotation, namespace label), `inject-status`
+// and `injected` (written by the webhook: the template's `<namespace>/<name>@<generation>`, or
+// `builtin`), and the `remora.dev/sidecar=injected` label the operator watches pods by.
+pub use remora_api::labels::{INJECT, INJECT_STATUS, INJECTED, SIDECAR, SIDECAR_INJECTED};
 /// Pod annotation: the SidecarTemplate to use, `<name>` (pod's namespace) or `<namespace>/<name>`.
 pub const TEMPLATE: &str = "remora.dev/template";
 /// Pod label written by the webhook: the workload the pod belongs to.

@@ -106,11 +106,12 @@ pub enum Intent {
 }
 
 impl Intent {
+    /// As the operator reads it too (`remora_api::labels::InjectIntent`).
     pub fn parse(value: Option<&String>) -> Intent {
-        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            Some("enabled" | "true") => Intent::Enabled,
-            Some("disabled" | "false") => Intent::Disabled,
-            _ => Intent::Unset,
+        match remora_api::labels::InjectIntent::parse(value.map(String::as_str)) {
+            remora_api::labels::InjectIntent::Enabled => Intent::Enabled,
+            remora_api::labels::InjectIntent::Disabled => Intent::Disabled,
+            remora_api::labels::InjectIntent::Unset => Intent::Unset,
         }
     }
 

@@ -180,6 +180,11 @@ pub fn inject(
     let workload = workload_name(pod);
     let meta = &mut out.metadata;
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    // The operator renders `remora-config` for every namespace with a pod so labelled.
+    labels.insert(
+        annotations::SIDECAR.to_owned(),
+        annotations::SIDECAR_INJECTED.to_owned(),
+    );
     if !workload.is_empty() {
         labels
             .entry(annotations::WORKLOAD.to_owned())

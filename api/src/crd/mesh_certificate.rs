@@ -101,9 +101,24 @@ pub struct MeshCertificateStatus {
     /// set back to false; set it false and then true to revoke again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
-    /// Serials of this identity's certificates revoked so far.
+    /// Serials of this identity's certificates revoked and not yet expired
+    /// (the serials of `revocations`, for `kubectl get -o yaml` readers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_serials: Vec<String>,
+    /// Each revoked certificate with its expiry: the serial is published to
+    /// every sidecar until then, also after this MeshCertificate is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<Revocation>,
+}
+
+/// A revoked certificate: refused by every sidecar until it expires anyway.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// Serial number (lower-case hex).
+    pub serial: String,
+    /// When the certificate expires (RFC 3339); after that the entry is pruned.
+    pub not_after: String,
 }
 
 impl MeshCertificateSpec {

@@ -39,10 +39,12 @@ pub struct RateLimitPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     pub limits: Option<Vec<LimitSpec>>,
-    /// Shed load when CPU or concurrency crosses a threshold.
+    /// Shed load when CPU or concurrency crosses a threshold. Not enforced
+    /// by the sidecar yet: the policy reports `Degraded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveSpec>,
-    /// Requests marked as test traffic, shed before production traffic.
+    /// Requests marked as test traffic, shed before production traffic. Not
+    /// enforced by the sidecar yet: the policy reports `Degraded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_traffic: Option<TestTrafficSpec>,
     /// The response sent when a request is refused.

@@ -37,7 +37,8 @@ pub struct ServiceRouteSpec {
     pub service: String,
     /// The Service port these routes apply to.
     pub port: Port,
-    /// Application protocol on this port.
+    /// Application protocol on this port. `bolt` and `dubbo` are refused
+    /// (`Accepted=False`) until the sidecar speaks them.
     #[serde(default)]
     pub protocol: RouteProtocol,
     /// Named groups of the Service's pods, by label (e.g. `version: v2`).
@@ -124,7 +125,8 @@ pub struct RouteRule {
     /// Inject delays or errors to test resilience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultSpec>,
-    /// Copy a share of requests to another destination; its responses are dropped.
+    /// Copy a share of requests (bodies up to 64 KiB) to another destination,
+    /// fire-and-forget; its responses are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
     /// Header changes on the way to the destination and back.
@@ -411,6 +413,7 @@ pub struct ConnectionPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_pending_requests: Option<u32>,
+    /// Not enforced by the sidecar yet (above 0 the route reports `Degraded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub max_requests_per_connection: Option<u32>,

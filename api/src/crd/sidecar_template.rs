@@ -175,7 +175,8 @@ pub struct ProxyPorts {
     /// explicitly to 127.0.0.1:<outbound>).
     #[serde(default = "outbound")]
     pub outbound: Port,
-    /// Admin endpoint: `/ready`, `/metrics`, `/config_dump`.
+    /// Pod-reachable admin port: `/ready`, `/live`, `/metrics`, `/app-health/...`
+    /// (`/drain`, `/config_dump` and the log level are on 127.0.0.1:15009 only).
     #[serde(default = "admin")]
     pub admin: Port,
 }

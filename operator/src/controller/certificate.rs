@@ -15,15 +15,22 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::ObjectRef,
+        watcher,
+    },
 };
-use remora_api::crd::{MeshCertificate, MeshCertificateSpec, MeshCertificateStatus};
+use remora_api::crd::{MeshCertificate, MeshCertificateSpec, MeshCertificateStatus, Revocation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::{
-    Context, Error, FIELD_MANAGER, MANAGED_BY, OperatorConfig, Result, condition, set_condition,
+    Context, Error, FIELD_MANAGER, MANAGED_BY, OperatorConfig, Result, condition, revocations,
+    set_condition,
 };
 use crate::ca::{LeafRequest, MeshCa, certificate_facts};
 
@@ -32,6 +39,8 @@ const CONTROLLER: &str = "mesh_certificate";
 const SPEC_HASH: &str = "remora.dev/certificate-spec-hash";
 /// The DESIGN's hourly check of certificate state.
 const RECHECK: Duration = Duration::from_secs(3600);
+/// Held until the certificate's revocations are in the revocation store.
+pub const FINALIZER: &str = "mesh.remora.dev/revocations";
 
 /// Loads the CA from its Secret, creating a new CA there on first start.
 pub async fn load_or_create_ca(client: Client, config: &OperatorConfig) -> Result<MeshCa> {
@@ -139,15 +148,79 @@ fn reissue_reason(
     None
 }
 
+/// The finalizer is the only top-level action: on delete, the certificate's
+/// revocations move to the mesh's revocation store before the object goes.
 async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = cert
         .namespace()
         .ok_or_else(|| Error::NoNamespace(cert.name_any()))?;
+    let certs: Api<MeshCertificate> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&certs, FINALIZER, cert, |event| async {
+        match event {
+            FinalizerEvent::Apply(cert) => apply(cert, &ctx).await,
+            FinalizerEvent::Cleanup(cert) => cleanup(&cert, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer)
+}
+
+/// Moves the revocations of a MeshCertificate being deleted into the store,
+/// including one asked for (`revoked: true`) but not yet acted on.
+async fn cleanup(cert: &MeshCertificate, ctx: &Context) -> Result<Action> {
+    let ns = cert.namespace().unwrap_or_default();
     let name = cert.name_any();
-    let generation = cert.metadata.generation;
+    let status = cert.status.clone().unwrap_or_default();
+    let mut revocations = status.revocations.clone();
+    let ttl = jiff::SignedDuration::try_from(cert.spec.ttl.as_std()).unwrap_or_default();
+    // Serials from before revocations carried their expiry: a certificate
+    // issued before now expires within one TTL from now.
+    for serial in &status.revoked_serials {
+        if !revocations.iter().any(|r| &r.serial == serial) {
+            revocations.push(Revocation {
+                serial: serial.clone(),
+                not_after: (jiff::Timestamp::now() + ttl).to_string(),
+            });
+        }
+    }
+    if cert.spec.revoked && status.revoked_at.is_none() {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let secret = secrets.get_opt(&cert.spec.secret_name_for(&name)).await?;
+        if let Some(current) = secret.as_ref().and_then(current_certificate)
+            && !revocations.iter().any(|r| r.serial == current.serial)
+        {
+            revocations.push(Revocation {
+                serial: current.serial,
+                not_after: rfc3339(current.not_after),
+            });
+        }
+    }
+    let now = jiff::Timestamp::now();
+    revocations.retain(|r| revocations::in_force(r.not_after.parse().ok(), now));
+    revocations::record(ctx, &format!("{ns}/{name}"), &revocations).await?;
+    Ok(Action::await_change())
+}
+
+/// The certificate in a Secret, when it holds a readable one.
+fn current_certificate(secret: &Secret) -> Option<crate::ca::CertificateFacts> {
+    let pem = secret.data.as_ref()?.get("tls.crt")?;
+    certificate_facts(&String::from_utf8_lossy(&pem.0)).ok()
+}
+
+async fn apply(cached: Arc<MeshCertificate>, ctx: &Context) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let certs: Api<MeshCertificate> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // The status is this controller's memory of what it revoked: read it
+    // fresh, as a cache a moment behind our last write would revoke the
+    // replacement certificate too and drop the serial revoked before it.
+    let Some(cert) = certs.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let cert = &cert;
+    let generation = cert.metadata.generation;
     let mut status = cert.status.clone().unwrap_or_default();
 
     if let Err(errs) = cert.spec.validate() {
@@ -156,7 +229,7 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
             &mut status.conditions,
             condition("Accepted", false, "InvalidSpec", message, generation),
         );
-        return finish(&ctx, &certs, &cert, status, Action::await_change()).await;
+        return finish(ctx, &certs, cert, status, Action::await_change()).await;
     }
     set_condition(
         &mut status.conditions,
@@ -171,11 +244,10 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
 
     let secret_name = cert.spec.secret_name_for(&name);
     let mut secret = secrets.get_opt(&secret_name).await?;
-    let current_serial = secret
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("tls.crt"))
-        .and_then(|b| certificate_facts(&String::from_utf8_lossy(&b.0)).ok())
-        .map(|f| f.serial);
+    let current = secret.as_ref().and_then(current_certificate);
+    let now = SystemTime::now();
+    let ttl = cert.spec.ttl.as_std();
+    keep_revocations_in_force(&mut status, now, ttl);
 
     // Revocation: the certificate current when `revoked` turned true goes on
     // the list, once; a fresh one is issued below because its serial is listed.
@@ -183,17 +255,26 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
     if !cert.spec.revoked {
         status.revoked_at = None;
     } else if status.revoked_at.is_none() {
-        if let Some(serial) = &current_serial
-            && !status.revoked_serials.contains(serial)
+        if let Some(current) = &current
+            && !status
+                .revocations
+                .iter()
+                .any(|r| r.serial == current.serial)
         {
-            status.revoked_serials.push(serial.clone());
+            status.revocations.push(Revocation {
+                serial: current.serial.clone(),
+                not_after: rfc3339(current.not_after),
+            });
+            status.revoked_serials = serials(&status.revocations);
         }
         status.revoked_at = Some(super::status::now());
         revoked_now = true;
+        // Recorded before the replacement is issued: if issuing fails, the
+        // retry must not mistake the new certificate for the revoked one.
+        write_status(&certs, cert, &mut status).await?;
     }
 
     let want_hash = spec_hash(&cert.spec, ctx.ca.cert_pem());
-    let now = SystemTime::now();
     let spiffe_id = cert.spec.spiffe_id(&ctx.config.trust_domain, &ns);
     if let Some(reason) = reissue_reason(
         secret.as_ref(),
@@ -263,7 +344,7 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
             rfc3339(leaf.not_after)
         );
         info!(certificate = %format!("{ns}/{name}"), "{reason}: {note}");
-        ctx.publish(&*cert, EventType::Normal, reason, &note).await;
+        ctx.publish(cert, EventType::Normal, reason, &note).await;
     }
 
     // Status from the certificate actually in the Secret.
@@ -298,7 +379,7 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
             condition("ExpiringSoon", true, "ExpiringSoon", &message, generation),
         );
         if changed {
-            ctx.publish(&*cert, EventType::Warning, "ExpiringSoon", &message)
+            ctx.publish(cert, EventType::Warning, "ExpiringSoon", &message)
                 .await;
         }
     } else {
@@ -318,22 +399,69 @@ async fn reconcile(cert: Arc<MeshCertificate>, ctx: Arc<Context>) -> Result<Acti
         ),
     );
 
-    // Wake at the next thing to do: warn, renew, or the hourly check.
+    // Wake at the next thing to do: warn, renew, prune a revocation, or the
+    // hourly check.
+    let revocation_ends = status
+        .revocations
+        .iter()
+        .filter_map(|r| r.not_after.parse::<jiff::Timestamp>().ok())
+        .map(SystemTime::from);
     let next = [warn_at, renewal]
         .into_iter()
+        .chain(revocation_ends)
         .filter_map(|t| t.duration_since(now).ok())
         .filter(|d| !d.is_zero())
         .chain([RECHECK])
         .min()
         .unwrap_or(RECHECK);
     finish(
-        &ctx,
+        ctx,
         &certs,
-        &cert,
+        cert,
         status,
         Action::requeue(next + Duration::from_secs(1)),
     )
     .await
+}
+
+/// Drops revocations of certificates that have expired (nothing accepts
+/// them any more), and gives serials listed without an expiry, from before
+/// revocations carried one, the latest expiry possible: one TTL from now.
+fn keep_revocations_in_force(status: &mut MeshCertificateStatus, now: SystemTime, ttl: Duration) {
+    for serial in &status.revoked_serials {
+        if !status.revocations.iter().any(|r| &r.serial == serial) {
+            status.revocations.push(Revocation {
+                serial: serial.clone(),
+                not_after: rfc3339(now + ttl),
+            });
+        }
+    }
+    let now = jiff::Timestamp::try_from(now).unwrap_or_else(|_| jiff::Timestamp::now());
+    status
+        .revocations
+        .retain(|r| revocations::in_force(r.not_after.parse().ok(), now));
+    status.revoked_serials = serials(&status.revocations);
+}
+
+fn serials(revocations: &[Revocation]) -> Vec<String> {
+    revocations.iter().map(|r| r.serial.clone()).collect()
+}
+
+async fn write_status(
+    api: &Api<MeshCertificate>,
+    cert: &MeshCertificate,
+    status: &mut MeshCertificateStatus,
+) -> Result<()> {
+    status.observed_generation = cert.metadata.generation;
+    if cert.status.as_ref() != Some(status) {
+        api.patch_status(
+            &cert.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn finish(
@@ -343,15 +471,7 @@ async fn finish(
     mut status: MeshCertificateStatus,
     action: Action,
 ) -> Result<Action> {
-    status.observed_generation = cert.metadata.generation;
-    if cert.status.as_ref() != Some(&status) {
-        api.patch_status(
-            &cert.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": status })),
-        )
-        .await?;
-    }
+    write_status(api, cert, &mut status).await?;
     ctx.succeeded(&ObjectRef::from_obj(cert));
     Ok(action)
 }
@@ -362,7 +482,8 @@ fn error_policy(cert: Arc<MeshCertificate>, err: &Error, ctx: Arc<Context>) -> A
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    Controller::new(
+    ctx.controller(
+        CONTROLLER,
         Api::<MeshCertificate>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )

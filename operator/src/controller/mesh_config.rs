@@ -17,25 +17,28 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Service},
+    core::v1::{ConfigMap, Namespace, Pod, Service},
     rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt, controller,
+        WatchStreamExt, controller,
         controller::Action,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
-use remora_api::crd::{MeshCertificate, RateLimitPolicy, ServiceRoute, SidecarTemplate};
+use remora_api::{
+    crd::{MeshCertificate, RateLimitPolicy, ServiceRoute, SidecarTemplate},
+    labels::{InjectIntent, SIDECAR, SIDECAR_INJECTED},
+};
 use tracing::{info, warn};
 
 use super::{
     CONFIG_KEY, CONFIG_MAP, Context, Error, FIELD_MANAGER, HASH_ANNOTATION, INJECT_LABEL,
-    MANAGED_BY, Result,
+    MANAGED_BY, Result, revocations,
 };
 use crate::render::{MeshResources, RenderContext, render_sidecar_config};
 
@@ -50,6 +53,10 @@ pub struct MeshStores {
     pub rate_limits: Store<RateLimitPolicy>,
     pub certificates: Store<MeshCertificate>,
     pub services: Store<Service>,
+    /// Pods the webhook injected (metadata only, by label).
+    pub injected_pods: Store<PartialObjectMeta<Pod>>,
+    /// The revocation store (`revocations::STORE`), a list of at most one.
+    pub revocations: Store<ConfigMap>,
 }
 
 impl MeshStores {
@@ -121,13 +128,36 @@ impl MeshStores {
                 .any(|r| in_ns(r.namespace()))
     }
 
-    /// The revoked serials of every MeshCertificate.
+    /// The serials revoked across the mesh: those of live MeshCertificates,
+    /// and those kept in the revocation store after theirs were deleted,
+    /// until they expire.
     fn revoked_serials(&self) -> BTreeSet<String> {
-        self.certificates
+        let now = jiff::Timestamp::now();
+        let live = self
+            .certificates
             .state()
             .iter()
             .filter_map(|c| c.status.as_ref())
-            .flat_map(|s| s.revoked_serials.iter().cloned())
+            .flat_map(|s| s.revoked_serials.clone())
+            .collect::<Vec<_>>();
+        let kept = self
+            .revocations
+            .state()
+            .iter()
+            .flat_map(|cm| revocations::entries(cm))
+            .filter(|(_, not_after)| revocations::in_force(*not_after, now))
+            .map(|(serial, _)| serial)
+            .collect::<Vec<_>>();
+        live.into_iter().chain(kept).collect()
+    }
+
+    /// Namespaces with at least one injected pod: their sidecars mount
+    /// `remora-config`, so they get one whatever else they hold.
+    fn namespaces_with_injected_pods(&self) -> BTreeSet<String> {
+        self.injected_pods
+            .state()
+            .iter()
+            .filter_map(|p| p.namespace())
             .collect()
     }
 
@@ -181,13 +211,30 @@ struct ServiceView {
     routed: BTreeMap<(String, String), Vec<IpAddr>>,
 }
 
-/// The Service addresses last seen by the Service watch.
-#[derive(Default)]
-struct LastAddresses(std::sync::Mutex<Option<ServiceView>>);
+/// What a watch last saw (Service addresses, namespaces with injected pods),
+/// so that only a change of it triggers renders.
+struct LastSeen<T>(std::sync::Mutex<Option<T>>);
 
-impl LastAddresses {
-    /// Records `now`; true when it differs from the last view seen.
-    fn changed(&self, now: ServiceView) -> bool {
+impl<T> Default for LastSeen<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Ord + Clone> LastSeen<BTreeSet<T>> {
+    /// Records `now`; the members that joined or left since the last set seen.
+    fn difference(&self, now: BTreeSet<T>) -> BTreeSet<T> {
+        let mut last = self.0.lock().expect("last seen");
+        let before = last.take().unwrap_or_default();
+        let diff = before.symmetric_difference(&now).cloned().collect();
+        *last = Some(now);
+        diff
+    }
+}
+
+impl<T: PartialEq> LastSeen<T> {
+    /// Records `now`; true when it differs from the last one seen.
+    fn changed(&self, now: T) -> bool {
         let mut last = self.0.lock().expect("last addresses");
         if last.as_ref() == Some(&now) {
             return false;
@@ -205,14 +252,16 @@ struct MeshConfigContext {
 /// Whether the webhook injects this namespace's pods (`remora.dev/inject`
 /// = `enabled` or `true`, any case).
 fn injected(ns: &Namespace) -> bool {
-    ns.labels()
-        .get(INJECT_LABEL)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "enabled" || v == "true")
+    InjectIntent::parse(ns.labels().get(INJECT_LABEL).map(String::as_str)) == InjectIntent::Enabled
 }
 
+/// Labelled for injection, holding a Remora resource, or running a pod
+/// that opted in on its own: each needs a config.
 pub fn in_mesh(ns: &Namespace, stores: &MeshStores) -> bool {
-    injected(ns) || stores.holds_resources(&ns.name_any())
+    let name = ns.name_any();
+    injected(ns)
+        || stores.holds_resources(&name)
+        || stores.namespaces_with_injected_pods().contains(&name)
 }
 
 async fn reconcile(ns: Arc<Namespace>, cx: Arc<MeshConfigContext>) -> Result<Action> {
@@ -367,11 +416,27 @@ pub async fn run(ctx: Arc<Context>) {
     let (rate_limits, limit_events) = cached(Api::<RateLimitPolicy>::all(client.clone())).await;
     let (certificates, cert_events) = cached(Api::<MeshCertificate>::all(client.clone())).await;
     let (services, service_events) = cached(Api::<Service>::all(client.clone())).await;
+    // Metadata only: the label is all that is read, and pods are many.
+    let (injected_pods, pod_events) = cached_events(watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        injected_pods_watch(),
+    ))
+    .await;
+    let (revocation_store, revocation_events) = cached_events(watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &ctx.config.namespace),
+        revocations::store_watch(),
+    ))
+    .await;
 
     // A short trailing debounce (as Istio debounces pushes) folds bursts of
     // changes that touch every namespace, such as Services being created,
     // into one render per namespace.
-    let controller = Controller::new(Api::<Namespace>::all(client.clone()), watch_config())
+    let controller = ctx
+        .controller(
+            CONTROLLER,
+            Api::<Namespace>::all(client.clone()),
+            watch_config(),
+        )
         .with_config(controller::Config::default().debounce(Duration::from_millis(100)));
     let namespaces = controller.store();
     let stores = Arc::new(MeshStores {
@@ -381,6 +446,8 @@ pub async fn run(ctx: Arc<Context>) {
         rate_limits,
         certificates,
         services,
+        injected_pods,
+        revocations: revocation_store,
     });
     let all_namespaces = move || {
         namespaces
@@ -392,8 +459,12 @@ pub async fn run(ctx: Arc<Context>) {
     let all_for_routes = all_namespaces.clone();
     let all_for_services = all_namespaces.clone();
     let all_for_namespaces = all_namespaces.clone();
+    let all_for_revocations = all_namespaces.clone();
     let stores_for_services = stores.clone();
-    let last_addresses = LastAddresses::default();
+    let stores_for_pods = stores.clone();
+    let stores_for_routes = stores.clone();
+    let last_addresses = LastSeen::default();
+    let last_pod_namespaces = LastSeen::default();
     let mtls_on = ctx.config.mtls != remora_api::config::TlsMode::Disabled;
     let own = |ns: Option<String>| ns.map(|n| ObjectRef::<Namespace>::new(&n));
 
@@ -413,6 +484,19 @@ pub async fn run(ctx: Arc<Context>) {
             move |t: SidecarTemplate| own(t.namespace()),
         )
         .watches_stream(limit_events, move |p: RateLimitPolicy| own(p.namespace()))
+        // A pod injected where nothing else asks for a config: its namespace
+        // needs one. Only a change of the set of such namespaces triggers, not
+        // every update of every injected pod.
+        .watches_stream(pod_events, move |_: PartialObjectMeta<Pod>| {
+            // The namespaces that joined (their first pod) or left (their last).
+            last_pod_namespaces
+                .difference(stores_for_pods.namespaces_with_injected_pods())
+                .into_iter()
+                .map(|ns| ObjectRef::<Namespace>::new(&ns))
+                .collect::<Vec<_>>()
+        })
+        // Revocations kept after deletion, or pruned: every sidecar.
+        .watches_stream(revocation_events, move |_: ConfigMap| all_for_revocations())
         // Every config lists the mesh's ClusterIPs (with mTLS on) and the
         // ClusterIPs of routed Services: a Service in a mesh namespace, a
         // routed Service, or a namespace joining or leaving, touches them all.
@@ -441,16 +525,29 @@ pub async fn run(ctx: Arc<Context>) {
             // Its own namespace always: the namespace cache may not have seen
             // a namespace created a moment before the route.
             let mut out = vec![ObjectRef::new(&r.namespace().unwrap_or_default())];
-            if r.spec.export_to.iter().any(|e| e == "*") {
+            // A change can settle a conflict over the service port (only the
+            // first route by name is rendered): the others' namespaces too.
+            let same_port: Vec<_> = stores_for_routes
+                .routes
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == r.namespace() && o.spec.service == r.spec.service)
+                .collect();
+            let export_to = r
+                .spec
+                .export_to
+                .iter()
+                .chain(same_port.iter().flat_map(|o| o.spec.export_to.iter()));
+            let mut all = false;
+            for e in export_to {
+                match e.as_str() {
+                    "*" => all = true,
+                    "." => {}
+                    ns => out.push(ObjectRef::new(ns)),
+                }
+            }
+            if all {
                 out.extend(all_for_routes());
-            } else {
-                out.extend(
-                    r.spec
-                        .export_to
-                        .iter()
-                        .filter(|e| *e != ".")
-                        .map(|e| ObjectRef::new(e)),
-                );
             }
             out
         })
@@ -493,10 +590,29 @@ where
         + Sync
         + 'static,
 {
+    cached_events(watcher(api, watch_config())).await
+}
+
+/// The pods the webhook injected, by the label it sets on each.
+fn injected_pods_watch() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{SIDECAR}={SIDECAR_INJECTED}"))
+}
+
+/// [`cached`] for any watch: metadata-only, or selected by label or field.
+async fn cached_events<K, W>(
+    watch: W,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    W: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
     let (store, writer) = reflector::store();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let events = reflector::reflector(writer, watcher(api, watch_config()))
+        let events = reflector::reflector(writer, watch)
             .default_backoff()
             .touched_objects();
         futures::pin_mut!(events);

@@ -6,10 +6,12 @@
 //! - [`service_route`]: subset Services and route status.
 //! - [`certificate`]: the mesh CA issuing, rotating and revoking MeshCertificates.
 //! - [`policy_status`]: status of SidecarTemplates and RateLimitPolicies.
+//! - [`revocations`]: revoked serials kept after their MeshCertificate is gone.
 
 pub mod certificate;
 pub mod mesh_config;
 pub mod policy_status;
+pub mod revocations;
 pub mod service_route;
 pub mod status;
 
@@ -19,30 +21,31 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use kube::{
-    Client,
+    Api, Client,
     runtime::{
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef, reflector},
+        watcher,
     },
 };
 use remora_api::config::TlsMode;
 
 pub use status::{condition, set_condition};
 
-use crate::{ca::MeshCa, metrics::Metrics};
+use crate::{ca::MeshCa, health::Health, metrics::Metrics};
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "remora-operator";
 /// Label on every object the operator creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "remora-operator");
 /// The namespace label that puts a namespace in the mesh.
-pub const INJECT_LABEL: &str = "remora.dev/inject";
+pub use remora_api::labels::INJECT as INJECT_LABEL;
 /// The ConfigMap every mesh namespace gets, and its key.
-pub const CONFIG_MAP: &str = "remora-config";
-pub const CONFIG_KEY: &str = "config.json";
-pub const HASH_ANNOTATION: &str = "remora.dev/config-hash";
+pub use remora_api::labels::{CONFIG_HASH as HASH_ANNOTATION, CONFIG_KEY, CONFIG_MAP};
 
 /// Settings of the whole mesh, from flags (and so from the Helm chart values).
 #[derive(Clone, Debug)]
@@ -74,6 +77,8 @@ pub struct Context {
     pub config: OperatorConfig,
     pub ca: Arc<MeshCa>,
     pub metrics: Arc<Metrics>,
+    /// `/readyz`: each controller reports when its caches have synced.
+    pub health: Arc<Health>,
     pub recorder: Recorder,
     backoff: Mutex<HashMap<String, u32>>,
 }
@@ -84,6 +89,7 @@ impl Context {
         config: OperatorConfig,
         ca: Arc<MeshCa>,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -95,8 +101,37 @@ impl Context {
             config,
             ca,
             metrics,
+            health,
             backoff: Mutex::default(),
         })
+    }
+
+    /// `Controller::new`, except that its watch tells `/readyz` when its
+    /// first list is in. (Not `Store::wait_until_ready`: the store wakes only
+    /// its last waiter, and the controller itself waits on it.)
+    pub fn controller<K>(
+        &self,
+        name: &'static str,
+        api: Api<K>,
+        wc: watcher::Config,
+    ) -> Controller<K>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let health = self.health.clone();
+        let events = watcher(api, wc).default_backoff().inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                health.synced(name);
+            }
+        });
+        Controller::for_stream(reflector(writer, events).applied_objects(), reader)
     }
 
     /// Exponential back-off per object: 1 s, 2 s, 4 s ... capped at 5 minutes.
@@ -159,6 +194,21 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// What went wrong inside a finalizer's reconcile, or with the
+    /// finalizer itself.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
+            other => Error::Finalizer(other.to_string()),
+        }
+    }
 }
 
 impl Error {
@@ -169,6 +219,7 @@ impl Error {
             Error::Certificate(_) => "certificate",
             Error::Serialize(_) => "serialize",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

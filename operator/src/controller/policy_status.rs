@@ -8,7 +8,7 @@ use futures::StreamExt;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{controller::Action, reflector::ObjectRef, watcher},
 };
 use remora_api::{
     FieldErrors,
@@ -33,6 +33,10 @@ pub trait PolicyResource:
     const CONTROLLER: &'static str;
     fn check(&self, ctx: &Context) -> Result<(), FieldErrors>;
     fn status(&self) -> Option<&CommonStatus>;
+    /// Accepted fields the sidecar does not enforce yet.
+    fn not_enforced(&self) -> FieldErrors {
+        FieldErrors::default()
+    }
 }
 
 impl PolicyResource for SidecarTemplate {
@@ -54,6 +58,9 @@ impl PolicyResource for RateLimitPolicy {
     }
     fn status(&self) -> Option<&CommonStatus> {
         self.status.as_ref()
+    }
+    fn not_enforced(&self) -> FieldErrors {
+        crate::acceptance::rate_limit_not_enforced(&self.spec)
     }
 }
 
@@ -80,10 +87,32 @@ async fn reconcile<K: PolicyResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         &mut status.conditions,
         condition("Accepted", ok, reason, &message, generation),
     );
-    set_condition(
-        &mut status.conditions,
-        condition("Ready", ok, reason, &message, generation),
-    );
+    let not_enforced = obj.not_enforced();
+    if ok && !not_enforced.is_empty() {
+        // Only part of its effect is in place: not Ready, and Degraded says
+        // which fields are missing.
+        let degraded = format!("{} {ns}/{}: {not_enforced}", K::kind(&()), obj.name_any());
+        set_condition(
+            &mut status.conditions,
+            condition("Degraded", true, "NotEnforced", degraded, generation),
+        );
+        set_condition(
+            &mut status.conditions,
+            condition(
+                "Ready",
+                false,
+                "NotEnforced",
+                "rendered without fields the sidecar does not enforce yet; see the Degraded condition",
+                generation,
+            ),
+        );
+    } else {
+        status.conditions.retain(|c| c.type_ != "Degraded");
+        set_condition(
+            &mut status.conditions,
+            condition("Ready", ok, reason, &message, generation),
+        );
+    }
     status.observed_generation = generation;
     if obj.status() != Some(&status) {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
@@ -103,7 +132,8 @@ fn error_policy<K: PolicyResource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) 
 }
 
 pub async fn run<K: PolicyResource>(ctx: Arc<Context>) {
-    Controller::new(
+    ctx.controller(
+        K::CONTROLLER,
         Api::<K>::all(ctx.client.clone()),
         watcher::Config::default().any_semantic(),
     )

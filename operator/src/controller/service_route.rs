@@ -11,19 +11,36 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
-    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use remora_api::crd::{ServiceRoute, ServiceRouteStatus};
 use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER, MANAGED_BY, Result, condition, set_condition};
+use crate::acceptance;
 
 const CONTROLLER: &str = "service_route";
 /// Label on subset Services naming the ServiceRoute that owns them.
 pub const ROUTE_LABEL: &str = "remora.dev/service-route";
 pub const SUBSET_LABEL: &str = "remora.dev/subset";
 
-async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action> {
+/// A route's fate depends on the other routes of its service port.
+struct RouteContext {
+    ctx: Arc<Context>,
+    routes: Store<ServiceRoute>,
+}
+
+fn remove_condition(status: &mut ServiceRouteStatus, type_: &str) {
+    status.conditions.retain(|c| c.type_ != type_);
+}
+
+async fn reconcile(route: Arc<ServiceRoute>, cx: Arc<RouteContext>) -> Result<Action> {
+    let ctx = cx.ctx.clone();
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = route
         .namespace()
@@ -34,25 +51,34 @@ async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let mut status = route.status.clone().unwrap_or_default();
 
-    // Invalid specs are reported, and their existing children left alone:
-    // a typo must not take a working canary down.
-    if let Err(errs) = route.spec.validate() {
-        let message = format!("ServiceRoute {ns}/{name}: {errs}");
+    // Refused routes (invalid, an unsupported protocol, a second route for
+    // the port) are reported as rendering reports them, and their existing
+    // children left alone: a typo must not take a working canary down.
+    let same_service: Vec<ServiceRoute> = cx
+        .routes
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == route.namespace() && r.spec.service == route.spec.service)
+        .map(|r| (**r).clone())
+        .collect();
+    if let Some(refusal) = acceptance::refuse_route(&route, &same_service) {
+        let message = format!("ServiceRoute {ns}/{name}: {}", refusal.errors);
         set_condition(
             &mut status.conditions,
-            condition("Accepted", false, "InvalidSpec", &message, generation),
+            condition("Accepted", false, refusal.reason, &message, generation),
         );
         set_condition(
             &mut status.conditions,
             condition(
                 "Ready",
                 false,
-                "InvalidSpec",
-                "fix the spec; see the Accepted condition",
+                refusal.reason,
+                "not in any sidecar config; see the Accepted condition",
                 generation,
             ),
         );
-        publish_once(&ctx, &route, &status, "InvalidSpec", &message).await;
+        remove_condition(&mut status, "Degraded");
+        publish_once(&ctx, &route, &status, refusal.reason, &message).await;
         return finish(&ctx, &routes, &route, status).await;
     }
 
@@ -164,11 +190,33 @@ async fn reconcile(route: Arc<ServiceRoute>, ctx: Arc<Context>) -> Result<Action
             generation,
         ),
     );
-    let ready_message = format!("{} subset Service(s) in place", desired.len());
-    set_condition(
-        &mut status.conditions,
-        condition("Ready", true, "SubsetsReady", ready_message, generation),
-    );
+    let not_enforced = acceptance::route_not_enforced(&route.spec);
+    if not_enforced.is_empty() {
+        let ready_message = format!("{} subset Service(s) in place", desired.len());
+        set_condition(
+            &mut status.conditions,
+            condition("Ready", true, "SubsetsReady", ready_message, generation),
+        );
+        remove_condition(&mut status, "Degraded");
+    } else {
+        // Its effect is only partly in place: not Ready, and Degraded names
+        // what is missing.
+        let message = format!("ServiceRoute {ns}/{name}: {not_enforced}");
+        set_condition(
+            &mut status.conditions,
+            condition("Degraded", true, "NotEnforced", &message, generation),
+        );
+        set_condition(
+            &mut status.conditions,
+            condition(
+                "Ready",
+                false,
+                "NotEnforced",
+                "rendered without fields the sidecar does not enforce yet; see the Degraded condition",
+                generation,
+            ),
+        );
+    }
     status.subset_services = desired;
     finish(&ctx, &routes, &route, status).await
 }
@@ -219,17 +267,23 @@ async fn publish_once(
         .await;
 }
 
-fn error_policy(route: Arc<ServiceRoute>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.reconcile_failed(CONTROLLER, &*route, err)
+fn error_policy(route: Arc<ServiceRoute>, err: &Error, cx: Arc<RouteContext>) -> Action {
+    cx.ctx.reconcile_failed(CONTROLLER, &*route, err)
 }
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
+    let controller = ctx.controller(
+        CONTROLLER,
         Api::<ServiceRoute>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     );
     let routes = controller.store();
+    let same_port = routes.clone();
+    let cx = Arc::new(RouteContext {
+        ctx,
+        routes: routes.clone(),
+    });
     controller
         .owns(
             Api::<Service>::all(client.clone()),
@@ -237,7 +291,7 @@ pub async fn run(ctx: Arc<Context>) {
         )
         // A route waiting for its Service is accepted as soon as it appears.
         .watches(
-            Api::<Service>::all(client),
+            Api::<Service>::all(client.clone()),
             watcher::Config::default(),
             move |svc: Service| {
                 let ns = svc.namespace();
@@ -249,7 +303,25 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile, error_policy, ctx)
+        // A route changed or deleted can settle a conflict over its service
+        // port: the others for that port are looked at again.
+        .watches(
+            Api::<ServiceRoute>::all(client.clone()),
+            watcher::Config::default(),
+            move |changed: ServiceRoute| {
+                same_port
+                    .state()
+                    .iter()
+                    .filter(|r| {
+                        r.namespace() == changed.namespace()
+                            && r.spec.service == changed.spec.service
+                            && r.name_any() != changed.name_any()
+                    })
+                    .map(|r| ObjectRef::from_obj(&**r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(reconcile, error_policy, cx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }
