@@ -217,7 +217,10 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 /// 127.0.0.1:15009 by default); the pod-reachable admin port refuses it.
 fn config_dump(admin: u16) -> Value {
     let (status, _) = get(admin, "/config_dump").expect("the admin port answers");
-    assert_eq!(status, 404, "config_dump is not served on the pod-reachable port");
+    assert_eq!(
+        status, 404,
+        "config_dump is not served on the pod-reachable port"
+    );
     let (status, body) = get(15009, "/config_dump").expect("config_dump answers");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
