@@ -30,6 +30,25 @@ pub mod tls;
 
 pub use proxy::{LogLevel, Options, Proxy, ProxyHandle, Shared};
 
+/// The tokio runtime for `workers` worker threads. One worker is a
+/// current-thread runtime (one thread, no work stealing); the multi-thread
+/// scheduler with one worker measured no cheaper (bench/RESULTS.md).
+/// `REMORA_RUNTIME=multi-thread` forces the multi-thread scheduler even for
+/// one worker (bench/sidecar.sh compares the two).
+pub fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let force_multi = std::env::var("REMORA_RUNTIME").is_ok_and(|v| v == "multi-thread");
+    if workers <= 1 && !force_multi {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(workers.max(1)))
+            .enable_all()
+            .build()
+    }
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]

@@ -178,22 +178,7 @@ fn run(
         Some(p) => read_pod_labels(p)?,
         None => Default::default(),
     };
-    // One worker: a current-thread runtime (one thread, no work stealing); the
-    // multi-thread scheduler with one worker measured no cheaper (bench/RESULTS.md).
-    // REMORA_RUNTIME=multi-thread forces the multi-thread scheduler even for
-    // one worker (bench/sidecar.sh compares the two).
-    let workers = config.runtime.worker_threads as usize;
-    let force_multi = std::env::var("REMORA_RUNTIME").is_ok_and(|v| v == "multi-thread");
-    let rt = if workers <= 1 && !force_multi {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
-    };
+    let rt = remora_sidecar::runtime(config.runtime.worker_threads)?;
     rt.block_on(async move {
         let drain_timeout = config.runtime.drain_timeout.as_std();
         let drain_grace = config.runtime.drain_grace.as_std();

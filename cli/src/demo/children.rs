@@ -63,18 +63,8 @@ pub fn run_sidecar(cmd: SidecarCommand) -> Result<()> {
         Some(p) => read_pod_labels(&p)?,
         None => Default::default(),
     };
-    // One worker: a current-thread runtime, as the sidecar binary picks it.
-    let workers = parsed.runtime.worker_threads as usize;
-    let rt = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
-    };
+    // The runtime the sidecar binary picks.
+    let rt = remora_sidecar::runtime(parsed.runtime.worker_threads)?;
     rt.block_on(async move {
         let drain_timeout = parsed.runtime.drain_timeout.as_std();
         let opts = Options {
