@@ -338,6 +338,7 @@ fn default_values_render_a_fail_open_single_replica_install() {
         "ClusterRole/remora-webhook",
         "ClusterRoleBinding/remora-operator",
         "ClusterRoleBinding/remora-webhook",
+        "ConfigMap/remora-dashboards",
         "Deployment/remora-operator",
         "Deployment/remora-webhook",
         "MutatingWebhookConfiguration/remora-sidecar-injector",
@@ -352,6 +353,25 @@ fn default_values_render_a_fail_open_single_replica_install() {
     .map(str::to_owned)
     .collect();
     assert_eq!(kinds(&docs), expected);
+
+    // The Grafana dashboard, byte for byte, for Grafana's dashboard sidecar.
+    let dashboards = find(&docs, "ConfigMap", "remora-dashboards");
+    assert_eq!(dashboards["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: serde_json::Value = serde_json::from_str(
+        dashboards["data"]["remora-mesh.json"]
+            .as_str()
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/remora/dashboards/remora-mesh.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
 
     let operator: Deployment = typed(find(&docs, "Deployment", "remora-operator"));
     let webhook: Deployment = typed(find(&docs, "Deployment", "remora-webhook"));
