@@ -2,6 +2,9 @@
 # Builds kube-apiserver, etcd and kube-controller-manager from the Go module
 # proxy, once, into
 # ~/.cache/remora/bin/k8s-<version>/, and prints that directory.
+# With --node it also builds what the real node needs (e2e/node/): kubelet, kubectl,
+# kube-scheduler, kube-proxy, a CoreDNS with only the cluster-DNS plugins and
+# the sandbox image's pause binary.
 # Idempotent: a second run finds the binaries and does nothing. Offline after
 # the first run (the Go module and build caches live under ~/.cache/remora/go).
 set -euo pipefail
@@ -13,7 +16,17 @@ out=$cache/bin/k8s-$K8S_VERSION
 
 say() { printf 'control-plane: %s\n' "$*" >&2; }
 
-if [[ -x $out/kube-apiserver && -x $out/etcd && -x $out/kube-controller-manager ]]; then
+bins=(etcd kube-apiserver kube-controller-manager)
+if [[ ${1:-} == --node ]]; then
+  bins+=(kubelet kube-scheduler kube-proxy kubectl coredns pause)
+elif [[ -n ${1:-} ]]; then
+  say "unknown argument $1 (the only option is --node)"
+  exit 2
+fi
+
+missing=0
+for bin in "${bins[@]}"; do [[ -x $out/$bin ]] || missing=1; done
+if [[ $missing == 0 ]]; then
   echo "$out"
   exit 0
 fi
@@ -35,12 +48,16 @@ ldflags="-s -w \
   -X k8s.io/component-base/version.gitMinor=$minor \
   -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
 
-cd "$here/e2e/envtest"
-for bin in etcd kube-apiserver kube-controller-manager; do
+for bin in "${bins[@]}"; do
   if [[ -x $out/$bin ]]; then continue; fi
-  say "building $bin for Kubernetes $K8S_VERSION (first run only; several minutes on 2 cores)"
+  say "building $bin for Kubernetes $K8S_VERSION (first run only; up to several minutes on 2 cores)"
   start=$SECONDS
-  go build -trimpath -ldflags "$ldflags" -o "$tmp/$bin" "./$bin"
+  if [[ $bin == coredns || $bin == pause ]]; then
+    # Modules of their own (e2e/node/<bin>), so CoreDNS's client-go leaves the pins above alone.
+    (cd "$here/e2e/node/$bin" && go build -trimpath -ldflags "-s -w" -o "$tmp/$bin" .)
+  else
+    (cd "$here/e2e/envtest" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$bin" "./$bin")
+  fi
   mv "$tmp/$bin" "$out/$bin"
   say "built $out/$bin in $((SECONDS - start)) s"
 done
