@@ -96,6 +96,7 @@ pub struct Cluster {
     pub targets: Targets,
     pub metrics: ClusterMetrics,
     h1: UpstreamClient,
+    h1_connector: CountingConnector,
     h2_connector: CountingConnector,
     h2: H2Pool,
     pub connect_timeout: Duration,
@@ -208,17 +209,14 @@ impl Cluster {
             }
         };
         let built_without_identity = upstream_tls.is_some() && tls.load().is_none();
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(c.idle_timeout.as_std())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector(false));
+        let h1 = h1_client(c.idle_timeout.as_std(), connector(false));
         let cluster = Arc::new(Self {
             name: c.name.clone(),
             config: c.clone(),
             protocol: c.protocol,
             targets,
             h1,
+            h1_connector: connector(false),
             h2_connector: connector(true),
             h2: H2Pool::default(),
             connect_timeout: c.connect_timeout.as_std(),
@@ -267,6 +265,21 @@ impl Cluster {
         }
     }
 
+    /// An HTTP/1.1 client with a pool of its own, for one downstream
+    /// connection's requests to its original destination. Sharing the
+    /// cluster's pool there would pin every caller of a ClusterIP to the one
+    /// pod kube-proxy chose for the first pooled connection; a connection of
+    /// our own per downstream connection keeps Kubernetes' own balancing
+    /// (kube-proxy picks per connection), as if the sidecar were not there.
+    pub fn connection_client(&self) -> UpstreamClient {
+        h1_client(self.config.idle_timeout.as_std(), self.h1_connector.clone())
+    }
+
+    /// Whether requests go where the client meant (transparent capture).
+    pub fn is_original_destination(&self) -> bool {
+        matches!(self.targets, Targets::OriginalDestination)
+    }
+
     pub fn balancer(&self) -> Option<&Balancer> {
         match &self.targets {
             Targets::Balanced(b) => Some(b),
@@ -277,14 +290,17 @@ impl Cluster {
     /// Sends a request to the endpoint `addr`. HTTP/1.1 requests go through
     /// the keep-alive pool with the endpoint in their URI (their `Host`
     /// header names the service); HTTP/2 requests keep their own authority.
+    /// `own` is a client of the downstream connection's own
+    /// ([`Cluster::connection_client`]) to use instead of the shared pool.
     pub async fn send(
         &self,
         h2: bool,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
+        own: Option<&UpstreamClient>,
     ) -> Result<Response<Incoming>, SendError> {
         if !h2 {
-            return self.h1.request(req).await.map_err(|e| {
+            return own.unwrap_or(&self.h1).request(req).await.map_err(|e| {
                 if e.is_connect() {
                     SendError::Connect(e.into())
                 } else {
@@ -420,6 +436,14 @@ async fn refresh_dns(cluster: Weak<Cluster>, name: String, port: u16, refresh: D
 ///
 /// hyper-util clones the connector for every request (a connect races each
 /// pool checkout), so everything but the `HttpConnector` sits behind one `Arc`.
+fn h1_client(idle_timeout: Duration, connector: CountingConnector) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
 #[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,

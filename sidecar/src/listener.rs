@@ -156,6 +156,7 @@ async fn serve_connection(
         protocol: codec.name(),
         peer_identity,
         accepted_draining,
+        original_h1: Default::default(),
     });
     drop(policy);
     // A connection opened during the drain's grace is closed with the

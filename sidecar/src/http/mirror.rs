@@ -157,7 +157,7 @@ impl MirrorPolicy {
             http::Version::HTTP_11
         };
         let exchange = async {
-            let resp = self.cluster.send(h2, addr, req).await.ok()?;
+            let resp = self.cluster.send(h2, addr, req, None).await.ok()?;
             // Read the answer so the connection can be reused, then drop it.
             resp.into_body().collect().await.ok()
         };

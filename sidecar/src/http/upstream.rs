@@ -359,7 +359,9 @@ async fn try_once(
     m.request_total.inc();
     let _active: GaugeGuard = m.request_active.track();
     let start = Instant::now();
-    let fut = cluster.send(h2, addr, req);
+    let own = (cluster.is_original_destination() && !h2)
+        .then(|| conn.original_h1.get_or_init(|| cluster.connection_client()));
+    let fut = cluster.send(h2, addr, req, own);
     let result = match per_try {
         Some(t) => tokio::time::timeout(t, fut).await.ok(),
         None => Some(fut.await),
