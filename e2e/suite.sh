@@ -2,7 +2,8 @@
 # The cluster suite, shared by the kind run (e2e/kind/run.sh) and the real node here
 # (e2e/node/run.sh): on the current kubectl context, with the images already loaded,
 #   e2e/suite.sh TAG
-# installs the chart with those image tags and waits for its rollout, deploys the
+# installs the chart with those image tags (and two operator replicas, so a test can kill
+# the leader) and waits for its rollout, deploys the
 # samples of e2e/kind/manifests/ into $NAMESPACE (default remora-demo), and runs
 # e2e/tests/kind.rs against them (REMORA_E2E_KIND=1). helm and kubectl come from PATH.
 set -euo pipefail
@@ -26,6 +27,7 @@ helm install "$RELEASE" "$root/charts/remora" \
   --set images.operator.tag="$TAG" \
   --set images.webhook.tag="$TAG" \
   --set images.sidecar.tag="$TAG" \
+  --set operator.replicas=2 \
   "${extra[@]}" \
   --wait --timeout 5m
 kubectl -n "$SYSTEM_NAMESPACE" rollout status deploy/remora-operator deploy/remora-webhook --timeout 2m

@@ -3,12 +3,13 @@
 //! `{"version","host","path","method","headers":{..},"peer","protocol"}`, so
 //! a caller sees which subset answered and what the sidecars added on the way
 //! (`x-request-id`, `x-forwarded-client-cert`, route header edits).
-//! `GET /healthz` answers `{"status":"ok","version":..}`, for probes.
+//! `GET /healthz` answers `{"status":"ok","version":..}`, for probes (503
+//! `{"status":"starting"}` until the app is ready, see [`serve_ready_at`]).
 //!
 //! The `remora-echo` binary (netns test, kind images) and `remoractl demo`
 //! serve it.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -21,6 +22,13 @@ use tokio::net::TcpListener;
 
 /// Serves the echo app on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, version: Arc<str>) {
+    serve_ready_at(listener, version, None).await
+}
+
+/// [`serve`], for an app that is slow to start: it answers requests at once
+/// but reports itself ready on `/healthz` only from `ready_at` on, so a test
+/// can tell whether anything sent it traffic before its pod was Ready.
+pub async fn serve_ready_at(listener: TcpListener, version: Arc<str>, ready_at: Option<Instant>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -31,7 +39,7 @@ pub async fn serve(listener: TcpListener, version: Arc<str>) {
         };
         let version = version.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| echo(req, version.clone(), peer));
+            let svc = service_fn(move |req| echo(req, version.clone(), peer, ready_at));
             // Errors are the client's business (resets, bad requests).
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -44,11 +52,16 @@ async fn echo(
     req: Request<Incoming>,
     version: Arc<str>,
     peer: SocketAddr,
+    ready_at: Option<Instant>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // Read the body so keep-alive connections stay usable; its content is not echoed.
     let _ = body.collect().await;
-    let body = if parts.method == hyper::Method::GET && parts.uri.path() == "/healthz" {
+    let health = parts.method == hyper::Method::GET && parts.uri.path() == "/healthz";
+    let starting = health && ready_at.is_some_and(|at| Instant::now() < at);
+    let body = if starting {
+        serde_json::json!({ "status": "starting", "version": &*version })
+    } else if health {
         serde_json::json!({ "status": "ok", "version": &*version })
     } else {
         let mut headers = serde_json::Map::new();
@@ -81,6 +94,9 @@ async fn echo(
     let mut bytes = serde_json::to_vec(&body).expect("JSON serializes");
     bytes.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    if starting {
+        *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    }
     let h = resp.headers_mut();
     h.insert(
         hyper::header::CONTENT_TYPE,

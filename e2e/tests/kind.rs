@@ -346,8 +346,432 @@ fn deleting_the_route_restores_default_routing() {
     );
 
     // Put the route back for whoever runs next.
+    restore_the_canary(&ns);
+}
+
+// ------------------------------------------------------------------------------------
+// Guarantees a user relies on, each on real pods: rollouts, Jobs, readiness, the
+// operator's failure, config propagation. Figures go to stderr (for bench/RESULTS.md).
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Runs `kubectl <args>` with `input` on stdin.
+fn kubectl_apply(input: &str) {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-n", &namespace(), "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{input}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `n` requests from the client pod at `rate` per second (curl's own pacing, one
+/// process, new connection per request), counted by status and version as
+/// [`versions`] does. Runs on a thread; join it for the counts.
+fn load(n: usize, rate: usize, path: &str) -> std::thread::JoinHandle<BTreeMap<String, usize>> {
+    let script = format!(
+        "curl -s --rate {rate}/s -o /dev/null -w '%{{http_code}} %header{{x-echo-version}}\\n' \
+         'http://echo:8080{path}?n=[1-{n}]'"
+    );
+    std::thread::spawn(move || {
+        let mut counts = BTreeMap::new();
+        for line in in_client(&script).lines() {
+            let key = match line.split_once(' ') {
+                Some(("200", version)) if !version.is_empty() => version.to_owned(),
+                Some((code, _)) => format!("status-{code}"),
+                None => format!("status-{line}"),
+            };
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
+fn failures(counts: &BTreeMap<String, usize>) -> usize {
+    counts
+        .iter()
+        .filter(|(k, _)| k.starts_with("status-"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn rolling_update_under_load_fails_no_request() {
+    if !enabled("rolling_update_under_load_fails_no_request") {
+        return;
+    }
+    let ns = namespace();
+    // 600 requests at 20/s: 30 s of load, the rollout inside it.
+    let (n, rate) = (600, 20);
+    let traffic = load(n, rate, "/rolling");
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    kubectl(&[
+        "rollout",
+        "restart",
+        "-n",
+        &ns,
+        "deploy/echo-v1",
+        "deploy/echo-v2",
+    ]);
+    kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        &ns,
+        "deploy/echo-v1",
+        "deploy/echo-v2",
+        "--timeout=120s",
+    ]);
+    let rollout = started.elapsed();
+    let counts = traffic.join().unwrap();
+    say(&format!(
+        "rolling update: {n} requests at {rate}/s, both echo Deployments restarted \
+         (rollout {:.1} s): {counts:?}",
+        rollout.as_secs_f64()
+    ));
+    assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
+    assert_eq!(
+        failures(&counts),
+        0,
+        "requests failed during the rollout: {counts:?}"
+    );
+}
+
+#[test]
+fn a_job_with_a_native_sidecar_completes() {
+    if !enabled("a_job_with_a_native_sidecar_completes") {
+        return;
+    }
+    let ns = namespace();
+    let _ = Command::new("kubectl")
+        .args([
+            "delete",
+            "job",
+            "mesh-job",
+            "-n",
+            &ns,
+            "--ignore-not-found",
+            "--wait",
+        ])
+        .output();
+    kubectl_apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: mesh-job
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      labels: {app: mesh-job}
+    spec:
+      serviceAccountName: client
+      restartPolicy: Never
+      containers:
+        - name: job
+          image: curlimages/curl:8.11.1
+          imagePullPolicy: IfNotPresent
+          command: ["curl", "-sf", "http://echo:8080/job"]
+"#,
+    );
+    let started = Instant::now();
+    kubectl(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=complete",
+        "job/mesh-job",
+        "--timeout=120s",
+    ]);
+    say(&format!(
+        "job: completed {:.1} s after kubectl apply",
+        started.elapsed().as_secs_f64()
+    ));
+    let pod: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        &ns,
+        "-l",
+        "app=mesh-job",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let pod = &pod["items"][0];
+    let proxy = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "remora-proxy")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        proxy["restartPolicy"], "Always",
+        "the Job's pod has no native sidecar: {}",
+        pod["spec"]
+    );
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{}", pod["status"]);
+    kubectl(&["delete", "job", "mesh-job", "-n", &ns, "--wait=false"]);
+}
+
+#[test]
+fn a_pod_gets_no_traffic_before_it_is_ready() {
+    if !enabled("a_pod_gets_no_traffic_before_it_is_ready") {
+        return;
+    }
+    let ns = namespace();
+    // One more v2 pod whose app answers at once (as "slow") but is not Ready for 25 s.
+    let delay = 25;
+    kubectl_apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-slow
+  labels: {{app: echo, version: v2}}
+spec:
+  serviceAccountName: echo
+  securityContext: {{runAsNonRoot: true, runAsUser: 65532}}
+  containers:
+    - name: echo
+      image: ghcr.io/remora-mesh/remora-echo:e2e
+      imagePullPolicy: IfNotPresent
+      args: ["--listen", "0.0.0.0:8080", "--version", "slow", "--ready-after-secs", "{delay}"]
+      ports: [{{name: http, containerPort: 8080}}]
+      readinessProbe:
+        httpGet: {{path: /healthz, port: http}}
+        periodSeconds: 1
+"#
+    ));
+    let created = Instant::now();
+    // Wait until its proxy runs (the pod exists and is started), then send traffic
+    // while the app is not Ready.
+    let running = Instant::now();
+    while kubectl(&[
+        "get",
+        "pod",
+        "echo-slow",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.status.phase}",
+    ]) != "Running"
+    {
+        assert!(
+            running.elapsed() < Duration::from_secs(60),
+            "echo-slow never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut before = BTreeMap::new();
+    while created.elapsed() < Duration::from_secs(delay - 5) {
+        for (k, v) in versions(50, "/not-ready") {
+            *before.entry(k).or_insert(0) += v;
+        }
+    }
+    let ready = kubectl(&[
+        "get",
+        "pod",
+        "echo-slow",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(
+        ready, "False",
+        "echo-slow became Ready early; the test proves nothing"
+    );
+    say(&format!("not ready: {before:?}"));
+    assert!(
+        !before.contains_key("slow"),
+        "a not-Ready pod got traffic: {before:?}"
+    );
+    assert_eq!(failures(&before), 0, "{before:?}");
+
+    kubectl(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Ready",
+        "pod/echo-slow",
+        "--timeout=60s",
+    ]);
+    let became_ready = created.elapsed();
+    // Once Ready it joins the v2 subset (5 % of traffic, shared with echo-v2).
+    let started = Instant::now();
+    loop {
+        let counts = versions(100, "/ready");
+        if counts.contains_key("slow") {
+            say(&format!(
+                "ready: Ready {:.1} s after creation, first request {:.1} s after Ready",
+                became_ready.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the Ready pod never got traffic: {counts:?}"
+        );
+    }
+    kubectl(&["delete", "pod", "echo-slow", "-n", &ns, "--wait=false"]);
+}
+
+fn lease_holder() -> String {
+    kubectl(&[
+        "get",
+        "lease",
+        "remora-operator",
+        "-n",
+        "remora-system",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
+#[test]
+fn killing_the_leading_operator_keeps_traffic_flowing_and_moves_the_lease() {
+    if !enabled("killing_the_leading_operator_keeps_traffic_flowing_and_moves_the_lease") {
+        return;
+    }
+    let operators: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "remora-system",
+        "-l",
+        "app.kubernetes.io/name=remora-operator",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let names: Vec<String> = operators["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(name)
+        .collect();
+    assert!(
+        names.len() >= 2,
+        "needs two operator replicas (the suite installs operator.replicas=2): {names:?}"
+    );
+    let leader = lease_holder();
+    assert!(
+        names.contains(&leader),
+        "the lease holder {leader:?} is none of {names:?}"
+    );
+    let traffic = load(300, 20, "/operator-down");
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    kubectl(&[
+        "delete",
+        "pod",
+        &leader,
+        "-n",
+        "remora-system",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let moved = loop {
+        let holder = lease_holder();
+        if !holder.is_empty() && holder != leader {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the lease stayed with {leader:?} after it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let counts = traffic.join().unwrap();
+    say(&format!(
+        "operator killed: lease moved after {:.1} s; traffic meanwhile {counts:?}",
+        moved.as_secs_f64()
+    ));
+    assert_eq!(counts.values().sum::<usize>(), 300, "{counts:?}");
+    assert_eq!(failures(&counts), 0, "{counts:?}");
+}
+
+#[test]
+fn a_service_route_change_reaches_the_sidecars() {
+    if !enabled("a_service_route_change_reaches_the_sidecars") {
+        return;
+    }
+    let ns = namespace();
+    let route = |v1: u32, v2: u32| {
+        format!(
+            r#"apiVersion: mesh.remora.dev/v1alpha1
+kind: ServiceRoute
+metadata:
+  name: echo
+spec:
+  service: echo
+  port: 8080
+  protocol: http1
+  subsets:
+    - name: v1
+      labels: {{version: v1}}
+    - name: v2
+      labels: {{version: v2}}
+  rules:
+    - name: canary
+      destinations:
+        - subset: v1
+          weight: {v1}
+        - subset: v2
+          weight: {v2}
+"#
+        )
+    };
+    let mut took = Vec::new();
+    for (v1, v2, want) in [(0, 100, "v2"), (100, 0, "v1"), (0, 100, "v2")] {
+        kubectl_apply(&route(v1, v2));
+        let applied = Instant::now();
+        // The first moment every request goes where the new route says.
+        loop {
+            let counts = versions(5, "/propagation");
+            if counts.get(want) == Some(&5) {
+                took.push(applied.elapsed().as_secs_f64());
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(120),
+                "weights {v1}/{v2} never took effect: {counts:?}"
+            );
+        }
+    }
+    say(&format!(
+        "propagation: kubectl apply -> first request routed by it: {}",
+        took.iter()
+            .map(|t| format!("{t:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    restore_the_canary(&ns);
+}
+
+/// Re-applies the samples' mesh policy and waits until the 95/5 canary routes again,
+/// for the tests that run next.
+fn restore_the_canary(ns: &str) {
     let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/kind/manifests/mesh.yaml");
-    kubectl(&["apply", "-n", &ns, "-f", manifests]);
+    kubectl(&["apply", "-n", ns, "-f", manifests]);
     let started = Instant::now();
     while share(&versions(200, "/restored"), "v2") > 0.15 {
         assert!(

@@ -4,10 +4,14 @@
 //! [`remora_e2e::echo`]: every HTTP/1.1 and h2c request is answered with its
 //! own headers as JSON and `x-echo-version: v1`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::Parser;
-use remora_e2e::echo::serve;
+use remora_e2e::echo::serve_ready_at;
 use tokio::net::TcpListener;
 
 // No `version` in `command`: `--version` is ours (the subset), not clap's.
@@ -28,6 +32,14 @@ struct Args {
     /// belong on a port of their own.
     #[arg(long)]
     health_listen: Option<SocketAddr>,
+    /// Seconds before `/healthz` reports ready (a slow-starting app; it
+    /// answers other requests from the start, so misrouted traffic shows).
+    #[arg(long, default_value_t = 0)]
+    ready_after_secs: u64,
+    /// Seconds to keep serving after SIGTERM, as a well-behaved app does
+    /// while its endpoints are removed.
+    #[arg(long, default_value_t = 0)]
+    shutdown_delay_secs: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -40,18 +52,29 @@ async fn main() -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let version: Arc<str> = args.version.into();
+    let ready_at = (args.ready_after_secs > 0)
+        .then(|| Instant::now() + Duration::from_secs(args.ready_after_secs));
     if let Some(addr) = args.health_listen {
         let health = TcpListener::bind(addr).await?;
-        tokio::spawn(serve(health, version.clone()));
+        tokio::spawn(serve_ready_at(health, version.clone(), ready_at));
     }
     // As PID 1 in a container the default SIGTERM action does not apply: exit
-    // on it explicitly so pods stop at once.
+    // on it explicitly (after the shutdown delay, serving meanwhile).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let server = tokio::spawn(serve_ready_at(listener, version, ready_at));
     tokio::select! {
-        _ = serve(listener, version) => Ok(()),
-        _ = term.recv() => Ok(()),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
+    if args.shutdown_delay_secs > 0 {
+        eprintln!(
+            "remora-echo: SIGTERM; serving {} s more",
+            args.shutdown_delay_secs
+        );
+        tokio::time::sleep(Duration::from_secs(args.shutdown_delay_secs)).await;
+    }
+    server.abort();
+    Ok(())
 }
 
 #[cfg(test)]
