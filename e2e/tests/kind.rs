@@ -132,8 +132,15 @@ fn versions(n: usize, path: &str) -> BTreeMap<String, usize> {
            curl -s -o /dev/null -w '%{{http_code}} %header{{x-echo-version}}\\n' http://echo:8080{path}; \
            i=$((i+1)); done"
     );
+    let counts = count_answers(&in_client(&script));
+    assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
+    counts
+}
+
+/// Lines of `<status> <x-echo-version>` counted by version (200s) or `status-<code>`.
+fn count_answers(output: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    for line in in_client(&script).lines() {
+    for line in output.lines() {
         let key = match line.split_once(' ') {
             Some(("200", version)) if !version.is_empty() => version.to_owned(),
             Some((code, _)) => format!("status-{code}"),
@@ -141,7 +148,6 @@ fn versions(n: usize, path: &str) -> BTreeMap<String, usize> {
         };
         *counts.entry(key).or_insert(0) += 1;
     }
-    assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
     counts
 }
 
@@ -388,18 +394,7 @@ fn load(n: usize, rate: usize, path: &str) -> std::thread::JoinHandle<BTreeMap<S
         "curl -s --rate {rate}/s -o /dev/null -w '%{{http_code}} %header{{x-echo-version}}\\n' \
          'http://echo:8080{path}?n=[1-{n}]'"
     );
-    std::thread::spawn(move || {
-        let mut counts = BTreeMap::new();
-        for line in in_client(&script).lines() {
-            let key = match line.split_once(' ') {
-                Some(("200", version)) if !version.is_empty() => version.to_owned(),
-                Some((code, _)) => format!("status-{code}"),
-                None => format!("status-{line}"),
-            };
-            *counts.entry(key).or_insert(0) += 1;
-        }
-        counts
-    })
+    std::thread::spawn(move || count_answers(&in_client(&script)))
 }
 
 fn failures(counts: &BTreeMap<String, usize>) -> usize {
