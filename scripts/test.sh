@@ -5,8 +5,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "control plane binaries (kube-apiserver, etcd; built once, cached under ~/.cache/remora)"
-REMORA_CONTROL_PLANE_BIN=$(scripts/control-plane.sh)
+step "Kubernetes binaries (kube-apiserver, etcd, and the node's kubelet, kube-proxy, CoreDNS; built once, cached under ~/.cache/remora)"
+REMORA_CONTROL_PLANE_BIN=$(scripts/control-plane.sh --node)
 export REMORA_CONTROL_PLANE_BIN
 
 step "chart tools (helm, kubeconform, shellcheck; built once, cached under ~/.cache/remora)"
@@ -30,3 +30,6 @@ scripts/e2e-deps.sh
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+step "a real node: kubelet, containerd and real pods, the chart and the cluster suite (e2e/node/run.sh)"
+e2e/node/run.sh
