@@ -11,10 +11,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -27,7 +24,6 @@ use crate::{
 
 /// An idle HTTP/1.1 connection and how many requests it has carried.
 pub struct IdleH1 {
-    id: u64,
     pub sender: http1::SendRequest<UpstreamBody>,
     pub uses: u32,
     since: Instant,
@@ -35,8 +31,14 @@ pub struct IdleH1 {
 
 #[derive(Default)]
 pub struct H1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
-    next_id: AtomicU64,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    conns: HashMap<SocketAddr, Vec<IdleH1>>,
+    /// A task closes expired connections while any are idle.
+    sweeping: bool,
 }
 
 impl H1Pool {
@@ -44,7 +46,7 @@ impl H1Pool {
     /// closed ones met on the way are dropped (closing their sockets).
     pub fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<IdleH1> {
         let mut idle = self.idle.lock().expect("h1 pool");
-        let conns = idle.get_mut(&addr)?;
+        let conns = idle.conns.get_mut(&addr)?;
         while let Some(c) = conns.pop() {
             if c.sender.is_ready() && c.since.elapsed() < idle_timeout {
                 return Some(c);
@@ -53,8 +55,9 @@ impl H1Pool {
         None
     }
 
-    /// Keeps a connection whose exchange finished for the next request, and
-    /// closes it if it is still unused after `idle_timeout`.
+    /// Keeps a connection whose exchange finished for the next request; one
+    /// still unused after `idle_timeout` is closed by the sweeper (within a
+    /// quarter of `idle_timeout` more).
     pub fn put(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -62,28 +65,16 @@ impl H1Pool {
         uses: u32,
         idle_timeout: Duration,
     ) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.idle
-            .lock()
-            .expect("h1 pool")
-            .entry(addr)
-            .or_default()
-            .push(IdleH1 {
-                id,
-                sender,
-                uses,
-                since: Instant::now(),
-            });
-        let pool: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(idle_timeout).await;
-            if let Some(pool) = pool.upgrade() {
-                let mut idle = pool.idle.lock().expect("h1 pool");
-                if let Some(conns) = idle.get_mut(&addr) {
-                    conns.retain(|c| c.id != id);
-                }
-            }
+        let mut idle = self.idle.lock().expect("h1 pool");
+        idle.conns.entry(addr).or_default().push(IdleH1 {
+            sender,
+            uses,
+            since: Instant::now(),
         });
+        if !idle.sweeping {
+            idle.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(self), idle_timeout));
+        }
     }
 
     /// Closes one idle connection (the oldest) to free its socket for a
@@ -91,15 +82,35 @@ impl H1Pool {
     fn evict_one(&self) -> bool {
         let mut idle = self.idle.lock().expect("h1 pool");
         let oldest = idle
+            .conns
             .iter()
             .filter_map(|(a, cs)| cs.first().map(|c| (c.since, *a)))
             .min();
         match oldest {
             Some((_, addr)) => {
-                idle.get_mut(&addr).expect("present").remove(0);
+                idle.conns.get_mut(&addr).expect("present").remove(0);
                 true
             }
             None => false,
+        }
+    }
+}
+
+/// Closes idle connections older than `idle_timeout` every quarter of it,
+/// until none is idle (the next `put` starts it again) or the pool is gone.
+async fn sweep(pool: Weak<H1Pool>, idle_timeout: Duration) {
+    let period = (idle_timeout / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().expect("h1 pool");
+        idle.conns.retain(|_, cs| {
+            cs.retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
+            !cs.is_empty()
+        });
+        if idle.conns.is_empty() {
+            idle.sweeping = false;
+            return;
         }
     }
 }

@@ -462,3 +462,39 @@ async fn http2_pending_requests_wait_for_a_connection_at_the_cap() {
         "one connection after the other"
     );
 }
+
+#[tokio::test]
+async fn an_idle_connection_makes_way_for_another_endpoint_at_the_cap() {
+    let (a, b) = (Gated::start().await, Gated::start().await);
+    let port = free_port();
+    let mut cl = static_cluster("svc", &[a.addr, b.addr]);
+    cl["limits"] = json!({ "maxConnections": 1, "maxPendingRequests": 1 });
+    let proxy = proxy_for(cl, port).await;
+    let c = h1_client();
+    // Round robin: a, b, a, b — each time the other endpoint's idle
+    // connection is closed to free the one socket.
+    for _ in 0..4 {
+        let (s, _, _) = get(&c, local(port), "svc", "/", &[]).await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        assert!(ss_established(a.addr.port()) + ss_established(b.addr.port()) <= 1);
+    }
+    assert_eq!((a.requests(), b.requests()), (2, 2));
+    assert_eq!(a.accepted() + b.accepted(), 4);
+    assert_eq!(overflow(&proxy, "svc", "connections"), 3);
+    assert_eq!(overflow(&proxy, "svc", "pending"), 0);
+}
+
+#[tokio::test]
+async fn idle_http1_connections_close_after_the_idle_timeout() {
+    let up = Gated::start().await;
+    let port = free_port();
+    let mut cl = static_cluster("svc", &[up.addr]);
+    cl["idleTimeout"] = json!("200ms");
+    let proxy = proxy_for(cl, port).await;
+    assert_eq!(conn_ids_h1(port, 2).await, ["1", "1"], "reused while fresh");
+    assert_eq!(ss_established(up.addr.port()), 1);
+    assert!(eventually(WAIT, async || ss_established(up.addr.port()) == 0).await);
+    let m = proxy.metrics_text();
+    assert_eq!(metric(&m, "upstream_connection_active{cluster=\"svc\"}"), 0);
+    assert_eq!(conn_ids_h1(port, 1).await, ["2"]);
+}
