@@ -112,6 +112,14 @@ fn every_service_route_message() {
             ),
             "spec.rules[0].mirror.destination.subset: subset \"nope\" is not defined in spec.subsets",
         ),
+        (
+            route(json!({"connectionPool": {"maxRequests": 0}})),
+            "spec.connectionPool.maxRequests: 0 is out of range, must be 1 to 1000000",
+        ),
+        (
+            route(json!({"connectionPool": {"maxRequests": 2, "maxRetries": 3}})),
+            "spec.connectionPool.maxRetries: 3 is more than maxRequests 2: every retry is also a request in flight",
+        ),
     ];
     for (spec, want) in cases {
         let got = errors("ServiceRoute", spec);

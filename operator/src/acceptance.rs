@@ -8,8 +8,9 @@
 //!   ignored); a second ServiceRoute for a service port that an earlier one
 //!   (by name) already routes.
 //! - Not enforced (`Degraded=True`, rendered without the field):
-//!   `connectionPool.maxRequestsPerConnection`, RateLimitPolicy `adaptive`
-//!   and `testTraffic`. The rest of the resource works as written.
+//!   RateLimitPolicy `adaptive` and `testTraffic`. The rest of the resource
+//!   works as written. Every ServiceRoute field the schema accepts is
+//!   enforced.
 
 use kube::ResourceExt;
 use remora_api::{
@@ -92,21 +93,6 @@ fn first_route_for_port<'a>(
         .min_by_key(|r| r.name_any())
 }
 
-/// The fields of an accepted route that the sidecar does not enforce yet.
-pub fn route_not_enforced(spec: &ServiceRouteSpec) -> FieldErrors {
-    let mut errors = FieldErrors::default();
-    // Zero is the default: no limit, which is what the sidecar does.
-    if spec
-        .connection_pool
-        .as_ref()
-        .and_then(|p| p.max_requests_per_connection)
-        .is_some_and(|n| n > 0)
-    {
-        errors.push("spec.connectionPool.maxRequestsPerConnection", NOT_ENFORCED);
-    }
-    errors
-}
-
 /// The fields of an accepted rate limit policy that the sidecar does not
 /// enforce yet.
 pub fn rate_limit_not_enforced(spec: &RateLimitPolicySpec) -> FieldErrors {
@@ -165,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn rpc_protocols_are_refused_and_unenforced_fields_named() {
+    fn rpc_protocols_are_refused() {
         let bolt = route(
             "shop",
             "a",
@@ -179,18 +165,5 @@ mod tests {
                 .to_string()
                 .starts_with("spec.protocol: bolt")
         );
-
-        let mirrored = route(
-            "shop",
-            "m",
-            "  service: reviews\n  port: 9080\n  connectionPool: {maxRequestsPerConnection: 10}\n  rules:\n  - destinations: [{}]\n    mirror: {destination: {service: shadow}, percentage: 10}\n",
-        );
-        let paths: Vec<_> = route_not_enforced(&mirrored.spec)
-            .iter()
-            .map(|e| e.path.clone())
-            .collect();
-        // The sidecar mirrors; it does not cap requests per connection yet.
-        assert_eq!(paths, ["spec.connectionPool.maxRequestsPerConnection"]);
-        assert!(route_not_enforced(&route("shop", "p", REVIEWS).spec).is_empty());
     }
 }

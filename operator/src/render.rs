@@ -113,13 +113,6 @@ pub fn render_sidecar_config(ctx: &RenderContext, resources: &MeshResources) -> 
             )
         })
         .collect();
-    for r in &routes {
-        not_enforced.extend(left_out(
-            "ServiceRoute",
-            *r,
-            acceptance::route_not_enforced(&r.spec),
-        ));
-    }
     routes.sort_by_key(|r| (route_ns(r), r.name_any()));
 
     let mut clusters = BTreeMap::new();
@@ -589,8 +582,11 @@ fn cluster(
             max_pending_requests: pool
                 .max_pending_requests
                 .unwrap_or(c.limits.max_pending_requests),
-            // Not enforced by the sidecar yet: not rendered (Degraded).
-            max_requests_per_connection: c.limits.max_requests_per_connection,
+            max_requests: pool.max_requests.unwrap_or(c.limits.max_requests),
+            max_retries: pool.max_retries.unwrap_or(c.limits.max_retries),
+            max_requests_per_connection: pool
+                .max_requests_per_connection
+                .unwrap_or(c.limits.max_requests_per_connection),
         };
         c.connect_timeout = pool.connect_timeout.unwrap_or(c.connect_timeout);
         c.idle_timeout = pool.idle_timeout.unwrap_or(c.idle_timeout);

@@ -778,7 +778,8 @@ spec:
 }
 
 /// Fields the sidecar does not enforce yet: the resource says so (Degraded,
-/// not Ready) and the config does not carry them; RPC protocols are refused.
+/// not Ready) and the config does not carry them; RPC protocols are refused;
+/// enforced fields (mirror, maxRequestsPerConnection) are rendered, Ready.
 #[tokio::test]
 async fn fields_the_sidecar_ignores_are_reported_and_not_rendered() {
     require_control_plane!();
@@ -828,32 +829,19 @@ spec:
     )
     .await;
     let routes: Api<ServiceRoute> = ns.api();
-    let degraded = eventually("the route Degraded", || async {
+    // Every route field is enforced now: maxRequestsPerConnection included.
+    let s = eventually("the route Ready", || async {
         let s = routes.get("reviews").await.ok()?.status?;
-        condition(&s.conditions, "Degraded")
-            .cloned()
-            .map(|d| (d, s))
+        condition(&s.conditions, "Ready")
+            .is_some_and(|r| r.status == "True")
+            .then_some(s)
     })
     .await;
-    let (d, s) = degraded;
-    assert_eq!(
-        (d.status.as_str(), d.reason.as_str()),
-        ("True", "NotEnforced")
-    );
     assert!(
-        !d.message.contains("mirror"),
-        "the sidecar mirrors: {}",
-        d.message
+        condition(&s.conditions, "Degraded").is_none(),
+        "{:?}",
+        s.conditions
     );
-    assert!(
-        d.message
-            .contains("spec.connectionPool.maxRequestsPerConnection"),
-        "{}",
-        d.message
-    );
-    let ready = condition(&s.conditions, "Ready").unwrap();
-    assert_eq!(ready.status, "False", "{ready:?}");
-    assert!(!ready.message.contains("rendered into the sidecar config"));
 
     let bolt = eventually("the bolt route refused", || async {
         let s = routes.get("rpc").await.ok()?.status?;
@@ -920,7 +908,7 @@ spec:
         "the mirror is rendered"
     );
     let cluster = config.cluster(&format!("reviews.{name}:9080")).unwrap();
-    assert_eq!(cluster.limits.max_requests_per_connection, 0);
+    assert_eq!(cluster.limits.max_requests_per_connection, 10);
     assert!(
         config
             .rate_limits

@@ -1,58 +1,47 @@
 //! Runtime clusters: endpoints (static, DNS, original destination), the
-//! balancer, the upstream connection pools and circuit-breaking limits.
+//! balancer, the upstream connections ([`crate::pool`]) and their
+//! circuit-breaking limits ([`crate::breaker`]).
 
 use std::{
-    collections::{HashMap, HashSet},
-    future::Future,
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Weak},
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, uri::Scheme};
+use http::{HeaderValue, Request, Response, Uri, header::CONNECTION, uri::PathAndQuery};
 use http_body_util::combinators::BoxBody;
-use hyper::{body::Incoming, client::conn::http2};
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connected, Connection, HttpConnector},
-    },
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use remora_api::config::{self, Endpoints, Protocol, UpstreamTlsMode};
 use tokio::net::TcpStream;
 
 use crate::{
     BoxError, Error,
     balance::{Balancer, Endpoint},
-    metrics::{ClusterMetrics, GaugeGuard, Registry},
+    breaker::{Breaker, ConnectionSlot, Limit},
+    metrics::{ClusterMetrics, Registry},
+    pool::{H1Pool, H2Conn, H2Pool, Pending},
     tls::{Alpn, Io, TlsSlot},
 };
 
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
 /// Why an upstream request failed: before a connection was had (retriable as
-/// `connect-failure`), or after (`reset`).
+/// `connect-failure`), or after (`reset`), or refused by a circuit-breaking
+/// limit (never retried).
 #[derive(Debug)]
 pub enum SendError {
     Connect(BoxError),
     Request(BoxError),
+    Overflow(Limit),
 }
-
-/// HTTP/2 upstream connections: one per endpoint, multiplexed. Requests keep
-/// the `:authority` the client used (hyper-util's pool keys connections by
-/// the request URI, so through it `:authority` would be the endpoint address).
-#[derive(Default)]
-struct H2Pool {
-    conns: Mutex<HashMap<SocketAddr, H2Slot>>,
-}
-
-/// An endpoint's connection, locked while it is being (re)opened.
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<UpstreamBody>>>>;
 
 /// Where a cluster's endpoints come from, at run time.
 pub enum Targets {
@@ -95,13 +84,12 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub targets: Targets,
     pub metrics: ClusterMetrics,
-    h1: UpstreamClient,
-    h1_connector: CountingConnector,
-    h2_connector: CountingConnector,
+    /// Circuit breaking: every connection and request of the cluster.
+    pub breaker: Arc<Breaker>,
+    h1: Arc<H1Pool>,
     h2: H2Pool,
     pub connect_timeout: Duration,
-    /// Circuit breaking: requests beyond this many in flight are refused.
-    pub max_in_flight: u64,
+    idle_timeout: Duration,
     /// Mesh mTLS to this cluster's endpoints.
     tls: Option<UpstreamTls>,
     /// The retry safe requests get without a route policy: once, on a
@@ -194,34 +182,18 @@ impl Cluster {
             Endpoints::OriginalDestination => Targets::OriginalDestination,
             Endpoints::LocalApp => Targets::LocalApp,
         };
-        let connector = |h2: bool| {
-            let mut http = HttpConnector::new();
-            http.set_connect_timeout(Some(c.connect_timeout.as_std()));
-            http.set_nodelay(true);
-            CountingConnector {
-                inner: http,
-                shared: Arc::new(ConnectorShared {
-                    metrics: metrics.clone(),
-                    tls: upstream_tls
-                        .clone()
-                        .map(|t| (t, if h2 { Alpn::Http2 } else { Alpn::Http1 })),
-                }),
-            }
-        };
         let built_without_identity = upstream_tls.is_some() && tls.load().is_none();
-        let h1 = h1_client(c.idle_timeout.as_std(), connector(false));
+        let breaker = Breaker::new(&c.limits, reg, &c.name, metrics.connection_active.clone());
         let cluster = Arc::new(Self {
             name: c.name.clone(),
             config: c.clone(),
             protocol: c.protocol,
             targets,
-            h1,
-            h1_connector: connector(false),
-            h2_connector: connector(true),
+            breaker: Arc::new(breaker),
+            h1: Arc::default(),
             h2: H2Pool::default(),
             connect_timeout: c.connect_timeout.as_std(),
-            max_in_flight: u64::from(c.limits.max_connections)
-                + u64::from(c.limits.max_pending_requests),
+            idle_timeout: c.idle_timeout.as_std(),
             metrics,
             tls: upstream_tls,
             connect_retry: Arc::new(crate::snapshot::Retry::on_connection_failure()),
@@ -265,17 +237,13 @@ impl Cluster {
         }
     }
 
-    /// An HTTP/1.1 client with a pool of its own, for one downstream
-    /// connection's requests to its original destination. Sharing the
-    /// cluster's pool there would pin every caller of a ClusterIP to the one
-    /// pod kube-proxy chose for the first pooled connection; a connection of
-    /// our own per downstream connection keeps Kubernetes' own balancing
-    /// (kube-proxy picks per connection), as if the sidecar were not there.
-    pub fn connection_client(&self) -> UpstreamClient {
-        h1_client(self.config.idle_timeout.as_std(), self.h1_connector.clone())
-    }
-
     /// Whether requests go where the client meant (transparent capture).
+    /// HTTP/1.1 there travels over a pool of the downstream connection's own
+    /// (`Downstream::original_h1`): the original destination is usually a
+    /// ClusterIP, where kube-proxy picks a pod per connection, and a pool
+    /// shared by all callers would pin every caller to the pod chosen for the
+    /// first pooled connection. One upstream connection per downstream
+    /// connection keeps the balancing the client would get without us.
     pub fn is_original_destination(&self) -> bool {
         matches!(self.targets, Targets::OriginalDestination)
     }
@@ -287,28 +255,23 @@ impl Cluster {
         }
     }
 
-    /// Sends a request to the endpoint `addr`. HTTP/1.1 requests go through
-    /// the keep-alive pool with the endpoint in their URI (their `Host`
-    /// header names the service); HTTP/2 requests keep their own authority.
-    /// `own` is a client of the downstream connection's own
-    /// ([`Cluster::connection_client`]) to use instead of the shared pool.
+    /// Sends a request to the endpoint `addr` on a pooled connection, under
+    /// the connection limits. HTTP/1.1 requests keep the client's `Host`;
+    /// HTTP/2 requests keep their own authority. `own` is a pool of the
+    /// downstream connection's own for HTTP/1.1 (see
+    /// [`Cluster::is_original_destination`]); the cluster's limits hold for
+    /// it all the same.
     pub async fn send(
         &self,
         h2: bool,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
-        own: Option<&UpstreamClient>,
+        own: Option<&Arc<H1Pool>>,
     ) -> Result<Response<Incoming>, SendError> {
         if !h2 {
-            return own.unwrap_or(&self.h1).request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::Connect(e.into())
-                } else {
-                    SendError::Request(e.into())
-                }
-            });
+            return self.send_h1(own.unwrap_or(&self.h1), addr, req).await;
         }
-        let mut sender = self.h2_sender(addr).await.map_err(SendError::Connect)?;
+        let mut sender = self.h2_stream(addr).await?;
         sender
             .ready()
             .await
@@ -319,33 +282,128 @@ impl Cluster {
             .map_err(|e| SendError::Request(e.into()))
     }
 
-    /// The endpoint's HTTP/2 connection, opened (once, however many requests
-    /// wait for it) when there is none or it closed.
-    async fn h2_sender(
+    /// One request on an idle pooled connection, a new one, or — at
+    /// `maxConnections` — the first to free up. The connection goes back
+    /// to the pool when the response body is done, unless it has carried
+    /// `maxRequestsPerConnection` (that request says `Connection: close`).
+    async fn send_h1(
+        &self,
+        pool: &Arc<H1Pool>,
+        addr: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // On its own connection a request names only the path.
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        let max = self.breaker.limits.max_requests_per_connection;
+        let mut pending = Pending::new(&self.breaker);
+        loop {
+            let (mut sender, uses, pooled) = if let Some(c) = pool.take(addr, self.idle_timeout) {
+                (c.sender, c.uses, true)
+            } else if let Some(slot) = self.breaker.connection() {
+                let sender = self
+                    .h1_connect(addr, slot)
+                    .await
+                    .map_err(SendError::Connect)?;
+                (sender, 0, false)
+            } else {
+                pending.wait(&self.h1).await.map_err(SendError::Overflow)?;
+                continue;
+            };
+            let uses = uses + 1;
+            let last = max != 0 && uses >= max;
+            if last {
+                req.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            } else {
+                req.headers_mut().remove(CONNECTION);
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if !last {
+                        let (pool, breaker) = (pool.clone(), self.breaker.clone());
+                        let idle = self.idle_timeout;
+                        tokio::spawn(async move {
+                            // Ready again once the response body is read.
+                            if sender.ready().await.is_ok() {
+                                pool.put(addr, sender, uses, idle);
+                                breaker.wake_pending();
+                            }
+                        });
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection closed under us before the
+                    // request went out: another connection takes it.
+                    Some(r) if pooled => req = r,
+                    Some(_) => return Err(SendError::Connect(e.into_error().into())),
+                    None => return Err(SendError::Request(e.into_error().into())),
+                },
+            }
+        }
+    }
+
+    async fn h1_connect(
         &self,
         addr: SocketAddr,
-    ) -> Result<http2::SendRequest<UpstreamBody>, BoxError> {
-        let slot = self
-            .h2
-            .conns
-            .lock()
-            .expect("h2 pool")
-            .entry(addr)
-            .or_default()
-            .clone();
-        let mut current = slot.lock().await;
-        if let Some(s) = current.as_ref()
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
+        slot: ConnectionSlot,
+    ) -> Result<http1::SendRequest<UpstreamBody>, BoxError> {
+        let io = self.connect(addr, Alpn::Http1, slot).await?;
+        let (sender, conn) = http1::Builder::new().handshake(Counted::new(io)).await?;
+        let cluster = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%cluster, %addr, "upstream HTTP/1.1 connection: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A stream on the endpoint's HTTP/2 connection, opened (once, however
+    /// many requests wait for it) when there is none, it closed, or it has
+    /// carried `maxRequestsPerConnection` streams.
+    async fn h2_stream(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<UpstreamBody>, SendError> {
+        let slot = self.h2.slot(addr);
+        let max = self.breaker.limits.max_requests_per_connection;
+        let mut pending = Pending::new(&self.breaker);
+        loop {
+            {
+                let mut current = slot.lock().await;
+                if let Some(s) = current.as_mut().and_then(|c| c.stream(max)) {
+                    return Ok(s);
+                }
+                // Closed or retired: without our handle it closes once its
+                // streams are done.
+                *current = None;
+                if let Some(conn) = self.breaker.connection() {
+                    let sender = self
+                        .h2_connect(addr, conn)
+                        .await
+                        .map_err(SendError::Connect)?;
+                    let mut c = H2Conn { sender, streams: 0 };
+                    let s = c.stream(max).expect("a new connection takes a stream");
+                    *current = Some(c);
+                    return Ok(s);
+                }
+            }
+            pending.wait(&self.h1).await.map_err(SendError::Overflow)?;
         }
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(crate::balance::authority_of(addr));
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        let io =
-            tower_service::Service::call(&mut self.h2_connector.clone(), Uri::from_parts(uri)?)
-                .await?;
+    }
+
+    async fn h2_connect(
+        &self,
+        addr: SocketAddr,
+        slot: ConnectionSlot,
+    ) -> Result<http2::SendRequest<UpstreamBody>, BoxError> {
+        let io = self.connect(addr, Alpn::Http2, slot).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         // Pings find a connection whose peer vanished without a reset (a
         // node gone): it closes, and the next request opens a new one.
@@ -353,17 +411,49 @@ impl Cluster {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let (sender, conn) = tokio::time::timeout(self.connect_timeout, b.handshake(io))
-            .await
-            .map_err(|_| "HTTP/2 handshake timed out")??;
+        let (sender, conn) =
+            tokio::time::timeout(self.connect_timeout, b.handshake(Counted::new(io)))
+                .await
+                .map_err(|_| "HTTP/2 handshake timed out")??;
         let cluster = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%cluster, %addr, "upstream HTTP/2 connection: {e}");
             }
         });
-        *current = Some(sender.clone());
         Ok(sender)
+    }
+
+    /// A new socket to `addr` holding `slot` (mesh TLS when the cluster
+    /// uses it), within the connect timeout, counted.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: Alpn,
+        slot: ConnectionSlot,
+    ) -> Result<(Io, ConnectionSlot), BoxError> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok::<_, BoxError>(Io::plain(tcp)),
+                Some(t) => t.secure(tcp, alpn).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("{addr}: connect timeout").into()),
+        };
+        match result {
+            Ok(io) => {
+                self.metrics.connection_total.inc();
+                Ok((io, slot))
+            }
+            Err(e) => {
+                self.metrics.connect_fail.inc();
+                Err(e)
+            }
+        }
     }
 
     /// Speaks HTTP/2 upstream when the cluster says so, for gRPC, and for
@@ -375,30 +465,18 @@ impl Cluster {
     }
 
     /// A connection for opaque pass-through (mesh TLS when the cluster uses
-    /// it), counted like pooled ones.
-    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(Io, GaugeGuard), Error> {
-        let connect = async {
-            let tcp = TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                None => Ok(Io::plain(tcp)),
-                Some(t) => t.secure(tcp, Alpn::Opaque).await,
-            }
+    /// it), counted like pooled ones and refused at `maxConnections`.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(Io, ConnectionSlot), Error> {
+        let Some(slot) = self.breaker.connection() else {
+            self.breaker.overflowed(Limit::Connections);
+            return Err(Error::Overflow {
+                cluster: self.name.clone(),
+                limit: Limit::Connections,
+            });
         };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(io)) => {
-                self.metrics.connection_total.inc();
-                Ok((io, self.metrics.connection_active.track()))
-            }
-            Ok(Err(e)) => {
-                self.metrics.connect_fail.inc();
-                Err(Error::Connect(format!("{addr}: {e}")))
-            }
-            Err(_) => {
-                self.metrics.connect_fail.inc();
-                Err(Error::Connect(format!("{addr}: connect timeout")))
-            }
-        }
+        self.connect(addr, Alpn::Opaque, slot)
+            .await
+            .map_err(|e| Error::Connect(format!("{addr}: {e}")))
     }
 }
 
@@ -431,84 +509,19 @@ async fn refresh_dns(cluster: Weak<Cluster>, name: String, port: u16, refresh: D
     }
 }
 
-/// `HttpConnector` that counts upstream connections (open and opened) and
-/// secures them with mesh TLS when the cluster uses it.
-///
-/// hyper-util clones the connector for every request (a connect races each
-/// pool checkout), so everything but the `HttpConnector` sits behind one `Arc`.
-fn h1_client(idle_timeout: Duration, connector: CountingConnector) -> UpstreamClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-#[derive(Clone)]
-pub struct CountingConnector {
-    inner: HttpConnector,
-    shared: Arc<ConnectorShared>,
-}
-
-struct ConnectorShared {
-    metrics: ClusterMetrics,
-    tls: Option<(UpstreamTls, Alpn)>,
-}
-
-impl tower_service::Service<Uri> for CountingConnector {
-    type Response = Counted;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.inner.call(uri);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let m = &shared.metrics;
-            let connected = async {
-                let tcp = fut.await?.into_inner();
-                match &shared.tls {
-                    None => Ok::<_, BoxError>((Io::plain(tcp), false)),
-                    Some((t, alpn)) => {
-                        let io = t.secure(tcp, *alpn).await?;
-                        let h2 = io.is_tls() && *alpn == Alpn::Http2;
-                        Ok((io, h2))
-                    }
-                }
-            };
-            match connected.await {
-                Ok((io, h2)) => {
-                    m.connection_total.inc();
-                    Ok(Counted {
-                        io: TokioIo::new(io),
-                        h2,
-                        _active: m.connection_active.track(),
-                    })
-                }
-                Err(e) => {
-                    m.connect_fail.inc();
-                    Err(e)
-                }
-            }
-        })
-    }
-}
-
+/// An upstream socket for hyper, holding its circuit-breaker slot until it
+/// is dropped (also when an upgrade carries it off).
 pub struct Counted {
     io: TokioIo<Io>,
-    /// ALPN chose HTTP/2.
-    h2: bool,
-    _active: GaugeGuard,
+    _slot: ConnectionSlot,
 }
 
-impl Connection for Counted {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.h2 { c.negotiated_h2() } else { c }
+impl Counted {
+    fn new((io, slot): (Io, ConnectionSlot)) -> Self {
+        Self {
+            io: TokioIo::new(io),
+            _slot: slot,
+        }
     }
 }
 

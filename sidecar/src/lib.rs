@@ -3,7 +3,8 @@
 //! - network: [`listener`] accepts, reads `SO_ORIGINAL_DST`, detects the protocol;
 //! - codec: [`codec::Codec`] implementations (HTTP/1.1, HTTP/2, opaque TCP);
 //! - stream/proxy: [`http`] (filters, routing, retries, timeouts) and [`tcp`];
-//! - upstream: [`cluster`] (pools, endpoints, DNS) and [`balance`] (LB, outliers).
+//! - upstream: [`cluster`] (endpoints, DNS), [`pool`] and [`breaker`]
+//!   (connections and their limits) and [`balance`] (LB, outliers).
 //!
 //! A config is compiled once into a [`snapshot::Snapshot`] and swapped
 //! atomically on reload; requests take a cheap snapshot and never lock.
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod app_probe;
 pub mod authz;
 pub mod balance;
+pub mod breaker;
 pub mod cluster;
 pub mod codec;
 pub mod http;
@@ -21,6 +23,7 @@ pub mod listener;
 pub mod matching;
 pub mod metrics;
 pub mod pod_overrides;
+pub mod pool;
 mod proxy;
 pub mod ratelimit;
 pub mod replay;
@@ -67,6 +70,11 @@ pub enum Error {
     Tls(#[from] tls::TlsError),
     #[error("upstream connect failed: {0}")]
     Connect(String),
+    #[error("cluster {cluster} is at its {}", limit.field())]
+    Overflow {
+        cluster: String,
+        limit: breaker::Limit,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,6 +92,7 @@ impl Error {
             Error::Bind { .. } => "bind",
             Error::Tls(_) => "tls",
             Error::Connect(_) => "connect",
+            Error::Overflow { .. } => "overflow",
             Error::Io(_) => "io",
         }
     }

@@ -64,13 +64,18 @@ pub async fn proxy(mut down: Io, conn: Arc<Downstream>, _drain: watch::Receiver<
             return;
         }
         match cluster.connect_tcp(target.addr()).await {
-            Ok((mut up, _conn_active)) => {
+            Ok((mut up, _slot)) => {
                 if let (Target::Endpoint(ep), Some(b)) = (&target, cluster.balancer()) {
                     b.record(ep, Outcome::Success);
                 }
                 if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                     tracing::debug!("tcp proxy: {e}");
                 }
+                return;
+            }
+            Err(e @ crate::Error::Overflow { .. }) => {
+                // Circuit breaking: the downstream connection is closed.
+                tracing::debug!(peer = %conn.peer, "{e}; closing the connection");
                 return;
             }
             Err(e) => {

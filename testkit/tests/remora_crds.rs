@@ -219,6 +219,27 @@ spec:
         ns,
         r#"
 apiVersion: mesh.remora.dev/v1alpha1
+kind: ServiceRoute
+metadata: {name: pool, namespace: NAMESPACE}
+spec:
+  service: reviews
+  port: 9080
+  connectionPool: {maxConnections: 0, maxRequests: 2, maxRetries: 3}
+  rules: [{destinations: [{}]}]
+"#,
+    )
+    .await;
+    assert!(err.contains("spec.connectionPool.maxConnections"), "{err}");
+    assert!(
+        err.contains("spec.connectionPool.maxRetries must not exceed maxRequests"),
+        "{err}"
+    );
+
+    let err = refused(
+        cp,
+        ns,
+        r#"
+apiVersion: mesh.remora.dev/v1alpha1
 kind: SidecarTemplate
 metadata: {name: same-ports, namespace: NAMESPACE}
 spec:

@@ -123,14 +123,30 @@ pub enum HashOn {
     SourceIp,
 }
 
+/// Circuit breaking for the whole cluster (every endpoint together); a
+/// request or connection over a limit is refused at once and counted in
+/// `upstream_overflow_total{limit}`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionLimits {
-    #[serde(default = "max_connections")]
+    /// Open upstream sockets: HTTP/1.1 pool, HTTP/2 and TCP pass-through
+    /// connections together (at least 1).
+    #[serde(default = "limit_default")]
     pub max_connections: u32,
-    /// Requests waiting for a connection beyond this are refused (503).
-    #[serde(default = "max_pending")]
+    /// Requests waiting for a connection (or an HTTP/2 stream) while the
+    /// cluster is at `maxConnections`; one more is refused (503). 0 refuses
+    /// at once.
+    #[serde(default = "limit_default")]
     pub max_pending_requests: u32,
+    /// Requests in flight to the cluster, each try counted (at least 1).
+    #[serde(default = "limit_default")]
+    pub max_requests: u32,
+    /// Retries in flight to the cluster; a retry over it is not sent and the
+    /// last answer is returned. 0 disables retries.
+    #[serde(default = "limit_default")]
+    pub max_retries: u32,
+    /// An HTTP/1.1 connection is closed after this many requests; an HTTP/2
+    /// connection takes no new stream after this many and closes once idle.
     /// 0 means unlimited.
     #[serde(default)]
     pub max_requests_per_connection: u32,
@@ -139,17 +155,19 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            max_connections: max_connections(),
-            max_pending_requests: max_pending(),
+            max_connections: limit_default(),
+            max_pending_requests: limit_default(),
+            max_requests: limit_default(),
+            max_retries: limit_default(),
             max_requests_per_connection: 0,
         }
     }
 }
 
-fn max_connections() -> u32 {
-    1024
-}
-fn max_pending() -> u32 {
+/// Envoy's default for connections, pending and in-flight requests. Also
+/// for retries (Envoy: 3): the route's retry budget already bounds retries
+/// as a share of traffic, so this is an absolute ceiling, not the control.
+fn limit_default() -> u32 {
     1024
 }
 

@@ -212,6 +212,9 @@ impl SidecarConfig {
             if c.limits.max_connections == 0 {
                 errs.push(format!("{at}.limits.maxConnections"), "must be at least 1");
             }
+            if c.limits.max_requests == 0 {
+                errs.push(format!("{at}.limits.maxRequests"), "must be at least 1");
+            }
             if let Some(od) = &c.outlier_detection {
                 check_percent(
                     errs,

@@ -58,7 +58,8 @@ pub struct ServiceRouteSpec {
     /// Eject endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
-    /// Circuit breaking: limits on connections and queued requests.
+    /// Circuit breaking: caps on connections, pending and in-flight
+    /// requests and retries, and requests per connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPoolSpec>,
     /// Namespaces whose sidecars get these routes: `*` (all, the default),
@@ -403,17 +404,30 @@ pub struct OutlierDetectionSpec {
     pub max_ejection_percent: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+/// Circuit breaking for each cluster of the route (a subset is its own
+/// cluster). Unset limits are 1024, like Envoy's; see docs/sidecar.md.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.maxRetries) || !has(self.maxRequests) || self.maxRetries <= self.maxRequests").message("spec.connectionPool.maxRetries must not exceed maxRequests: every retry is also a request in flight"))]
 pub struct ConnectionPoolSpec {
+    /// Open upstream connections (HTTP/1.1, HTTP/2 and TCP together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection beyond this get 503.
+    /// Requests waiting for a connection while at maxConnections; one more
+    /// gets 503 (0: refuse at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight; one more gets 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
-    pub max_pending_requests: Option<u32>,
-    /// Not enforced by the sidecar yet (above 0 the route reports `Degraded`).
+    pub max_requests: Option<u32>,
+    /// Retries in flight; a retry over it is not sent (0: no retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_retries: Option<u32>,
+    /// Requests per upstream connection before it is retired (0: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub max_requests_per_connection: Option<u32>,
@@ -433,6 +447,43 @@ pub struct ServiceRouteStatus {
     /// Headless Services created for the subsets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subset_services: Vec<String>,
+}
+
+impl ConnectionPoolSpec {
+    /// The schema's ranges and CEL rule, for checks without an API server.
+    fn check(&self, errs: &mut FieldErrors) {
+        let limits = [
+            ("maxConnections", self.max_connections, 1),
+            ("maxPendingRequests", self.max_pending_requests, 0),
+            ("maxRequests", self.max_requests, 1),
+            ("maxRetries", self.max_retries, 0),
+            (
+                "maxRequestsPerConnection",
+                self.max_requests_per_connection,
+                0,
+            ),
+        ];
+        for (name, v, min) in limits {
+            if let Some(v) = v
+                && !(min..=1_000_000).contains(&v)
+            {
+                errs.push(
+                    format!("spec.connectionPool.{name}"),
+                    format!("{v} is out of range, must be {min} to 1000000"),
+                );
+            }
+        }
+        if let (Some(retries), Some(requests)) = (self.max_retries, self.max_requests)
+            && retries > requests
+        {
+            errs.push(
+                "spec.connectionPool.maxRetries",
+                format!(
+                    "{retries} is more than maxRequests {requests}: every retry is also a request in flight"
+                ),
+            );
+        }
+    }
 }
 
 impl ServiceRouteSpec {
@@ -462,6 +513,9 @@ impl ServiceRouteSpec {
                     "a subset needs at least one label",
                 );
             }
+        }
+        if let Some(p) = &self.connection_pool {
+            p.check(&mut errs);
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");

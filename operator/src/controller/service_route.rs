@@ -190,33 +190,13 @@ async fn reconcile(route: Arc<ServiceRoute>, cx: Arc<RouteContext>) -> Result<Ac
             generation,
         ),
     );
-    let not_enforced = acceptance::route_not_enforced(&route.spec);
-    if not_enforced.is_empty() {
-        let ready_message = format!("{} subset Service(s) in place", desired.len());
-        set_condition(
-            &mut status.conditions,
-            condition("Ready", true, "SubsetsReady", ready_message, generation),
-        );
-        remove_condition(&mut status, "Degraded");
-    } else {
-        // Its effect is only partly in place: not Ready, and Degraded names
-        // what is missing.
-        let message = format!("ServiceRoute {ns}/{name}: {not_enforced}");
-        set_condition(
-            &mut status.conditions,
-            condition("Degraded", true, "NotEnforced", &message, generation),
-        );
-        set_condition(
-            &mut status.conditions,
-            condition(
-                "Ready",
-                false,
-                "NotEnforced",
-                "rendered without fields the sidecar does not enforce yet; see the Degraded condition",
-                generation,
-            ),
-        );
-    }
+    let ready_message = format!("{} subset Service(s) in place", desired.len());
+    set_condition(
+        &mut status.conditions,
+        condition("Ready", true, "SubsetsReady", ready_message, generation),
+    );
+    // Every field is enforced: a Degraded left by an older operator goes.
+    remove_condition(&mut status, "Degraded");
     status.subset_services = desired;
     finish(&ctx, &routes, &route, status).await
 }

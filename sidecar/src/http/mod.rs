@@ -50,8 +50,8 @@ pub struct Downstream {
     /// Accepted while the proxy drains: HTTP/1 serves one request and closes.
     pub accepted_draining: bool,
     /// HTTP/1.1 to the original destination goes over this connection's own
-    /// upstream connection (see `Cluster::connection_client`).
-    pub original_h1: std::sync::OnceLock<crate::cluster::UpstreamClient>,
+    /// upstream connections (see `Cluster::is_original_destination`).
+    pub original_h1: std::sync::OnceLock<Arc<crate::pool::H1Pool>>,
 }
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     balance::Outcome,
+    breaker::Limit,
     cluster::{Cluster, SendError, Target, UpstreamBody},
     metrics::GaugeGuard,
     replay::ReplayBody,
@@ -178,8 +179,22 @@ pub(super) async fn forward(
                 && (bodiless || replay.as_ref().is_some_and(|r| r.replay().is_some()));
             if can_retry {
                 let p: &Retry = retry.expect("checked");
-                if p.budget.try_acquire() {
-                    retry_slot = Some(RetrySlot(&p.budget));
+                let granted = if p.budget.try_acquire() {
+                    let budget = RetrySlot {
+                        budget: Some(&p.budget),
+                        _cap: None,
+                    };
+                    // maxRetries counts its own overflow.
+                    cluster.breaker.retry().map(|cap| RetrySlot {
+                        budget: budget.take(),
+                        _cap: Some(cap),
+                    })
+                } else {
+                    cluster.metrics.request_retry_overflow.inc();
+                    None
+                };
+                if let Some(slot) = granted {
+                    retry_slot = Some(slot);
                     tries += 1;
                     ex.rec.retries = tries;
                     cluster.metrics.request_retry.inc();
@@ -188,7 +203,6 @@ pub(super) async fn forward(
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                     continue;
                 }
-                cluster.metrics.request_retry_overflow.inc();
             }
             let flagged = |status, flag: &'static str, msg: String| {
                 let mut r = LocalReply::new(status, flag, msg);
@@ -273,12 +287,25 @@ fn is_safe(m: &http::Method) -> bool {
     )
 }
 
-/// A retry's claim on the budget, from its grant until its try returns.
-struct RetrySlot<'a>(&'a crate::snapshot::RetryBudget);
+/// A retry's claim on the budget and on the cluster's `maxRetries`, from
+/// its grant until its try returns.
+struct RetrySlot<'a> {
+    budget: Option<&'a crate::snapshot::RetryBudget>,
+    _cap: Option<crate::breaker::Permit<'a>>,
+}
+
+impl<'a> RetrySlot<'a> {
+    /// The budget claim, handed on to a slot that also holds the cap.
+    fn take(mut self) -> Option<&'a crate::snapshot::RetryBudget> {
+        self.budget.take()
+    }
+}
 
 impl Drop for RetrySlot<'_> {
     fn drop(&mut self) {
-        self.0.release();
+        if let Some(b) = self.budget {
+            b.release();
+        }
     }
 }
 
@@ -311,14 +338,9 @@ async fn try_once(
     per_try: Option<Duration>,
 ) -> Result<(TryResult, Option<SocketAddr>), LocalReply> {
     let m = &cluster.metrics;
-    if m.request_active.get() >= cluster.max_in_flight {
-        m.request_pending_overflow.inc();
-        return Err(LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UO",
-            format!("cluster {} is over its request limit", cluster.name),
-        ));
-    }
+    let Some(_in_flight) = cluster.breaker.request() else {
+        return Err(overflow(cluster, Limit::Requests));
+    };
     let Some(target) = cluster.pick(hash, conn.original_dst) else {
         return Err(LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -360,7 +382,7 @@ async fn try_once(
     let _active: GaugeGuard = m.request_active.track();
     let start = Instant::now();
     let own = (cluster.is_original_destination() && !h2)
-        .then(|| conn.original_h1.get_or_init(|| cluster.connection_client()));
+        .then(|| conn.original_h1.get_or_init(Default::default));
     let fut = cluster.send(h2, addr, req, own);
     let result = match per_try {
         Some(t) => tokio::time::timeout(t, fut).await.ok(),
@@ -388,11 +410,27 @@ async fn try_once(
         Some(Err(SendError::Request(e))) => {
             (TryResult::Reset(error_chain(&*e)), Outcome::ServerError)
         }
+        // Refused before reaching the endpoint: no outlier bookkeeping.
+        Some(Err(SendError::Overflow(limit))) => {
+            if limit == Limit::Pending {
+                m.request_pending_overflow.inc();
+            }
+            return Err(overflow(cluster, limit));
+        }
     };
     if let (Target::Endpoint(ep), Some(b)) = (&target, cluster.balancer()) {
         b.record(ep, outcome);
     }
     Ok((result, Some(addr)))
+}
+
+/// The local reply for a request refused by a circuit-breaking limit.
+fn overflow(cluster: &Cluster, limit: Limit) -> LocalReply {
+    LocalReply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UO",
+        format!("cluster {} is at its {}", cluster.name, limit.field()),
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
