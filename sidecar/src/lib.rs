@@ -25,6 +25,7 @@ mod proxy;
 pub mod ratelimit;
 pub mod replay;
 pub mod snapshot;
+pub mod split;
 pub mod tcp;
 pub mod tls;
 
