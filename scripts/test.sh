@@ -25,7 +25,7 @@ if cargo tree -p remora-sidecar -e normal --locked | grep -E '^.*(kube|k8s-opena
   exit 1
 fi
 
-step "e2e test dependencies (iptables, curl from Debian's packages; installed once)"
+step "e2e test dependencies (iptables, curl, chromium-headless-shell from Debian's packages; installed once)"
 scripts/e2e-deps.sh
 
 step "cargo test --workspace"

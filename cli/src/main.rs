@@ -1,5 +1,6 @@
 //! `remoractl`: Remora's command-line tool.
 
+mod dashboard;
 mod demo;
 mod inject;
 mod manifests;
@@ -37,6 +38,16 @@ enum Command {
     #[command(after_help = "Examples:\n  remoractl demo\n  \
                             remoractl demo --duration 5s --output json | jq .canary")]
     Demo(demo::DemoArgs),
+    /// Draw the mesh on a local web page: services, the calls between them
+    /// with rate, success and p99, canary splits and mTLS, redrawn every
+    /// second. Its source: the demo (`--demo`) or sidecar admin addresses.
+    #[command(
+        after_help = "Examples:\n  remoractl dashboard --demo            # then open http://127.0.0.1:15050/\n  \
+                      remoractl dashboard --demo --duration 10m --listen 127.0.0.1:8080\n  \
+                      remoractl dashboard --admin productpage=127.0.0.10:15000 --admin reviews/v1=127.0.0.11:15000",
+        mut_arg("duration", |a| a.default_value("2m"))
+    )]
+    Dashboard(dashboard::DashboardArgs),
     /// Print the sidecar config the operator renders for a namespace from
     /// custom resources in files or directories.
     #[command(
@@ -149,6 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Stat(args) => stat::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::DemoSidecar(cmd) => demo::children::run_sidecar(cmd).map(|()| ExitCode::SUCCESS),
         Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {

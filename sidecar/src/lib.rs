@@ -28,6 +28,7 @@ mod proxy;
 pub mod ratelimit;
 pub mod replay;
 pub mod snapshot;
+pub mod split;
 pub mod tcp;
 pub mod tls;
 

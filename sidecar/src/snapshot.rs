@@ -26,6 +26,7 @@ use crate::{
     matching::{HeaderEditor, RequestMatcher, header_name},
     metrics::{ListenerMetrics, Registry},
     ratelimit::RateLimiter,
+    split::WeightedSplit,
     tls::TlsSlot,
 };
 
@@ -82,8 +83,8 @@ pub struct Route {
 }
 
 pub enum Action {
-    /// Clusters with cumulative weights (0..100).
-    Clusters(Vec<(Arc<Cluster>, u32)>),
+    /// Clusters with their weights, picked in an exact, interleaved order.
+    Clusters(WeightedSplit<Arc<Cluster>>),
     Direct {
         status: StatusCode,
         body: Bytes,
@@ -91,14 +92,11 @@ pub enum Action {
 }
 
 impl Action {
-    /// Weighted choice: `roll` is uniform in 0..100.
-    pub fn choose(&self, roll: u32) -> Option<&Arc<Cluster>> {
+    /// The route's next cluster in its weighted schedule: over any run of
+    /// requests each cluster's share is its weight to within one request.
+    pub fn pick(&self) -> Option<&Arc<Cluster>> {
         match self {
-            Action::Clusters(cs) => cs
-                .iter()
-                .find(|(_, upto)| roll < *upto)
-                .or(cs.last())
-                .map(|(c, _)| c),
+            Action::Clusters(split) => split.pick(),
             Action::Direct { .. } => None,
         }
     }
@@ -267,13 +265,11 @@ impl Snapshot {
             for r in &t.routes {
                 let action = match &r.action {
                     RouteAction::Clusters(wcs) => {
-                        let mut upto = 0;
                         let mut cs = Vec::new();
                         for wc in wcs {
-                            upto += wc.weight;
-                            cs.push((cluster(&wc.cluster)?, upto));
+                            cs.push((cluster(&wc.cluster)?, wc.weight));
                         }
-                        Action::Clusters(cs)
+                        Action::Clusters(WeightedSplit::new(cs))
                     }
                     RouteAction::Direct(d) => Action::Direct {
                         status: StatusCode::from_u16(d.status)

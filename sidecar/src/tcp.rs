@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
 use remora_api::config::HashOn;
 use tokio::sync::watch;
 
@@ -42,7 +41,7 @@ pub async fn proxy(mut down: Io, conn: Arc<Downstream>, _drain: watch::Receiver<
         .table(None, Some(conn.original_dst))
         .and_then(|t| t.routes.first())
         .filter(|r| matches!(r.action, Action::Clusters(_)))
-        .and_then(|r| r.action.choose(rand::rng().random_range(0..100)).cloned());
+        .and_then(|r| r.action.pick().cloned());
     let Some(cluster) = routed.or_else(|| policy.default_cluster.clone()) else {
         tracing::debug!(listener = %conn.listener, dst = %conn.original_dst, "no cluster for TCP connection");
         return;

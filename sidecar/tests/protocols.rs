@@ -125,9 +125,10 @@ async fn weighted_split_95_5_holds_over_10000_requests() {
         ok += t.await.unwrap();
     }
     assert_eq!(ok, 10_000);
-    let share = v2.hits() as f64 / 10_000.0 * 100.0;
     assert_eq!(v1.hits() + v2.hits(), 10_000);
-    assert!((3.5..=6.5).contains(&share), "v2 got {share}% (want 5%)");
+    // The split is a schedule, not a dice roll: exactly 5 % from 8
+    // concurrent clients (docs/sidecar.md#weighted-splits).
+    assert_eq!(v2.hits(), 500, "v2 got {} of 10,000 (want 500)", v2.hits());
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use clap::{Args, ValueEnum};
 use remora_operator::ca::MeshCa;
 use tokio::sync::watch;
 
+use crate::dashboard::{Scrape, ScrapeSender, Workload};
 use processes::Processes;
 use report::{Cleanup, PlaintextProbe, Report};
 use topology::{AppKind, Layout, Plan, PodPlan};
@@ -79,14 +80,31 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long children get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-pub fn run(args: DemoArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
     // Everything that starts a child runs on this (the main) thread, inside
     // block_on: see `Processes::spawn`.
-    rt.block_on(demo(args))
+    runtime()?.block_on(demo(args, None))
+}
+
+/// The demo with every scrape of its sidecars also sent to `tap()`'s
+/// channel (`remoractl dashboard --demo`); `tap` runs first, on the demo's
+/// runtime.
+pub fn run_with<F, Fut>(args: DemoArgs, tap: F) -> Result<ExitCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<ScrapeSender>>,
+{
+    runtime()?.block_on(async move {
+        let tx = tap().await?;
+        demo(args, Some(tx)).await
+    })
 }
 
 /// Turns true on Ctrl-C or SIGTERM.
@@ -123,7 +141,7 @@ impl Say {
     }
 }
 
-async fn demo(args: DemoArgs) -> Result<ExitCode> {
+async fn demo(args: DemoArgs, tap: Option<ScrapeSender>) -> Result<ExitCode> {
     let interrupted = interrupt_signal()?;
     let live = args.output == Output::Text && std::io::stderr().is_terminal();
     let say = Say { plain: !live };
@@ -204,6 +222,10 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
             break;
         }
         scrape_all(&plan, &mut metrics).await;
+        if let Some(tx) = &tap {
+            // A slow page must not slow the demo: a full channel drops one.
+            let _ = tx.try_send(dashboard_scrape(&plan, &metrics));
+        }
         let elapsed = started.elapsed().as_secs_f64().min(total.as_secs_f64());
         let snapshot = build_report(
             &plan,
@@ -493,6 +515,32 @@ async fn wait_ready(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last scrape of every pod's sidecar, as the dashboard's workloads.
+fn dashboard_scrape(plan: &Plan, metrics: &BTreeMap<String, Vec<scrape::Sample>>) -> Scrape {
+    let workloads = plan
+        .pods
+        .iter()
+        .filter_map(|p| {
+            Some(Workload {
+                name: p.name.clone(),
+                service: p
+                    .labels
+                    .get("app")
+                    .cloned()
+                    .unwrap_or_else(|| p.name.clone()),
+                version: p.labels.get("version").cloned(),
+                identity: Some(p.spiffe_id(&plan.trust_domain, &plan.namespace)),
+                samples: metrics.get(&p.name)?.clone(),
+            })
+        })
+        .collect();
+    Scrape {
+        at: Instant::now(),
+        workloads,
+        errors: Vec::new(),
     }
 }
 

@@ -86,9 +86,10 @@ pub struct Canary {
     pub total: u64,
     /// Subset -> percent of `total`.
     pub percent: BTreeMap<String, f64>,
-    /// Two standard deviations of the smallest subset's share at this
-    /// count, in percentage points: the spread chance alone gives.
-    pub two_sigma_percent: f64,
+    /// The largest distance, in calls, of a subset's count from its exact
+    /// share of `total` (the sidecar's split is a schedule, not a dice
+    /// roll, so this stays at a call or two whatever the count).
+    pub off_by_calls: f64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -336,12 +337,13 @@ fn canary(config: &SidecarConfig, stats: &[RouteStats], client: &[Sample]) -> Op
         .iter()
         .map(|(k, n)| (k.clone(), percent(*n, total)))
         .collect();
-    let smallest = target.values().copied().min().unwrap_or(0) as f64 / 100.0;
-    let two_sigma = if total > 0 {
-        200.0 * (smallest * (1.0 - smallest) / total as f64).sqrt()
-    } else {
-        0.0
-    };
+    let off_by = target
+        .iter()
+        .map(|(k, w)| {
+            let exact = total as f64 * f64::from(*w) / 100.0;
+            (served.get(k).copied().unwrap_or(0) as f64 - exact).abs()
+        })
+        .fold(0.0, f64::max);
     Some(Canary {
         service: spec.service.into(),
         target,
@@ -349,7 +351,7 @@ fn canary(config: &SidecarConfig, stats: &[RouteStats], client: &[Sample]) -> Op
         sidecar_upstream,
         total,
         percent: pct,
-        two_sigma_percent: two_sigma,
+        off_by_calls: off_by,
     })
 }
 

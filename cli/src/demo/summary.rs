@@ -49,13 +49,13 @@ pub fn summary(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "  {} Canary    {}: {}, target {}\n{PAD}chance alone spreads it ±{:.1} % at this count (2σ); the client's\n\
-             {PAD}sidecar sent {} requests to the subsets (retries included)",
+            "  {} Canary    {}: {}, target {}\n{PAD}{:.0} call(s) off the exact split: the client's sidecar interleaves the subsets\n\
+             {PAD}in a fixed order, not at random; it sent {} requests to them (retries included)",
             mark(c.total > 0 && c.max_deviation_percent() <= CANARY_TOLERANCE_PERCENT),
             c.service,
             parts.join(", "),
             target.join("/"),
-            c.two_sigma_percent,
+            c.off_by_calls,
             sidecar.join(" / "),
         );
     }
@@ -216,7 +216,7 @@ mod tests {
                     ("v1".to_owned(), 100.0 * v1 as f64 / n),
                     ("v2".to_owned(), 100.0 * v2 as f64 / n),
                 ]),
-                two_sigma_percent: 200.0 * (0.05f64 * 0.95 / n).sqrt(),
+                off_by_calls: (v2 as f64 - 0.05 * n).abs(),
             }),
             rate_limit: None,
             mtls: Mtls {
@@ -256,6 +256,7 @@ mod tests {
             text.contains("✔ Canary    reviews: 1,903 → v1 (95.2 %), 97 → v2 (4.8 %), target 95/5"),
             "{text}"
         );
+        assert!(text.contains("3 call(s) off the exact split"), "{text}");
         assert!(text.contains("✔ mTLS      1 of 1 servers' apps received the caller spiffe://cluster.local/ns/bookinfo/sa/productpage"), "{text}");
         assert!(text.contains("4 handshakes, 0 failed"), "{text}");
         assert!(text.contains("(127.0.0.11:15006) was refused"), "{text}");

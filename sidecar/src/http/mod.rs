@@ -390,8 +390,7 @@ async fn proxy(
                     return Ok(resp);
                 }
                 Action::Clusters(_) => {
-                    let roll = rand::rng().random_range(0..100);
-                    let c = r.action.choose(roll).expect("clusters route has a cluster");
+                    let c = r.action.pick().expect("clusters route has a cluster");
                     (Some(r), c)
                 }
             }
