@@ -54,6 +54,8 @@ pub struct StatArgs {
     /// Rates are measured over this interval (two reads of `/metrics`).
     #[arg(long, default_value = "1s")]
     interval: remora_api::Duration,
+    /// `text`: a table per workload (or admin address); `json`: an array of
+    /// {workload, pods, listeners, clusters}.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// The same as `--output json`.

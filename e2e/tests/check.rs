@@ -528,6 +528,7 @@ async fn check_stat_and_top_on_a_cluster_with_the_chart_installed() {
         "{versions}"
     );
     let (code, text, _) = ctl.run(&["check", "-n", system]);
+    eprintln!("remoractl check, healthy:\n{text}");
     assert_eq!(code, 0);
     assert!(
         text.contains("remora-data-plane\n-----------------\n"),

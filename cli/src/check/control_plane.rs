@@ -164,13 +164,20 @@ async fn operator_deployment(client: &Client, ns: &str) -> Result<Option<Deploym
     Ok(list.items.into_iter().next())
 }
 
-/// The operator's version: its image tag (the chart's appVersion by default).
+/// The operator's version: the release's `app.kubernetes.io/version` label
+/// on its Deployment (the chart's appVersion), else its image tag when that
+/// is a version (a `dev` or digest-pinned image says nothing).
 pub async fn operator_version(client: &Client, ns: &str) -> Option<String> {
     let d = operator_deployment(client, ns).await.ok()??;
+    if let Some(v) = d.labels().get("app.kubernetes.io/version") {
+        return Some(v.trim_start_matches('v').to_owned());
+    }
     let spec = d.spec?.template.spec?;
     let image = spec.containers.first()?.image.clone()?;
-    let tag = image.rsplit_once(':').map(|(_, t)| t)?;
-    (!tag.contains('/')).then(|| tag.trim_start_matches('v').to_owned())
+    let (_, tag) = image.rsplit_once(':')?;
+    let tag = tag.trim_start_matches('v');
+    tag.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| tag.to_owned())
 }
 
 /// The Deployment available, the leader Lease held and renewed, the pods Ready.

@@ -31,6 +31,8 @@ pub struct CheckArgs {
     /// The namespace Remora is installed in.
     #[arg(short, long, default_value = "remora-system")]
     namespace: String,
+    /// `text`: ✔/‼/✘ lines by category, a fix under each ✘; `json`: an
+    /// array of {category, name, ok, warning, message, hint}.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     #[command(flatten)]
