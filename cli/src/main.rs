@@ -1,5 +1,7 @@
 //! `remoractl`: Remora's command-line tool.
 
+mod check;
+mod cluster;
 mod dashboard;
 mod demo;
 mod inject;
@@ -70,12 +72,16 @@ enum Command {
         #[arg(long)]
         trust_bundle: Option<PathBuf>,
     },
-    /// Validate custom resources and sidecar config files; report every problem.
-    #[command(after_help = "Example:\n  remoractl check -f examples/ -f my-routes.yaml")]
-    Check {
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-    },
+    /// Check the mesh on a cluster (CRDs, operator, webhook, data plane), or
+    /// with `--pre` whether it can be installed; with `-f`, validate
+    /// manifest files offline. Every ✘ comes with its fix; exit code 1 on any ✘.
+    #[command(
+        after_help = "Examples:\n  remoractl check                       # the cluster of the current context\n  \
+                            remoractl check --pre --context staging\n  \
+                            remoractl check -n mesh-system --output json | jq '.[] | select(.ok == false)'\n  \
+                            remoractl check -f examples/ -f my-routes.yaml   # offline"
+    )]
+    Check(check::CheckArgs),
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
     #[command(after_help = "Example:\n  remoractl crds --out crds/")]
     Crds {
@@ -106,12 +112,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Mtls::Permissive)]
         mtls: Mtls,
     },
-    /// Live request rate, success rate and p50/p99 per listener and upstream
-    /// cluster, from sidecars' admin `/metrics` (such as the demo's).
-    #[command(
-        after_help = "Example:\n  remoractl stat --admin 127.0.0.10:15000 --admin 127.0.0.11:15000"
-    )]
+    /// Live request rate, success rate and p50/p99 per workload, listener and
+    /// upstream cluster, from the sidecars' `/metrics` read through the API
+    /// server's pod proxy (or `--admin` addresses, such as the demo's).
+    #[command(after_help = "Examples:\n  remoractl stat -n bookinfo\n  \
+                            remoractl stat -n bookinfo deploy/reviews-v1 --interval 5s -o json\n  \
+                            remoractl stat --admin 127.0.0.10:15000 --admin 127.0.0.11:15000")]
     Stat(stat::StatArgs),
+    /// `stat`, refreshed every interval until Ctrl-C or `--count`.
+    #[command(after_help = "Examples:\n  remoractl top -n bookinfo\n  \
+                            remoractl top -A --interval 5s --count 3 -o json")]
+    Top(stat::TopArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  remoractl completions bash > ~/.local/share/bash-completion/completions/remoractl\n  \
@@ -161,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Stat(args) => stat::run(args),
         Command::Dashboard(args) => dashboard::run(args),
+        Command::Top(args) => stat::top(args),
         Command::DemoSidecar(cmd) => demo::children::run_sidecar(cmd).map(|()| ExitCode::SUCCESS),
         Command::DemoApp(cmd) => demo::children::run_app(cmd).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
@@ -181,7 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mtls,
             trust_bundle,
         } => render(&files, namespace, trust_domain, mtls, trust_bundle),
-        Command::Check { files } => check(&files),
+        Command::Check(args) => check::run(args),
         Command::Crds { out } => crds(out),
         Command::Inject {
             files,
@@ -287,36 +299,6 @@ fn default_namespaces(res: &mut MeshResources) {
     res.certificates
         .iter_mut()
         .for_each(|r| fill(&mut r.metadata));
-}
-
-fn check(files: &[PathBuf]) -> Result<ExitCode> {
-    let mut problems = 0;
-    let mut checked = 0;
-    for doc in manifests::read(files)? {
-        checked += 1;
-        match doc {
-            Document::Resource { source, resource } => {
-                if let Err(errs) = resource.validate() {
-                    for e in errs.iter() {
-                        println!("{}: {}: {e}", source.display(), resource.object_name());
-                        problems += 1;
-                    }
-                }
-            }
-            Document::SidecarConfig { source, bytes } => {
-                if let Err(e) = SidecarConfig::from_json(&bytes) {
-                    println!("{}: {e}", source.display());
-                    problems += 1;
-                }
-            }
-        }
-    }
-    if problems > 0 {
-        println!("{problems} problem(s) in {checked} document(s)");
-        return Ok(ExitCode::FAILURE);
-    }
-    println!("{checked} document(s) valid");
-    Ok(ExitCode::SUCCESS)
 }
 
 fn crds(out: Option<PathBuf>) -> Result<ExitCode> {

@@ -269,18 +269,8 @@ impl Node {
             "br0",
             "up",
         ])?;
+        interfaces_up(&pod, 24)?;
         let ns = pod.netns.as_str();
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/24", pod.ip),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         ip(&[
             "-n",
             ns,
@@ -292,6 +282,39 @@ impl Node {
         ])?;
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Adds a pod the host can reach, off the node's bridge: its namespace
+    /// is joined to the root namespace by a veth pair on a /30 of its own
+    /// (`10.253.<n>.<4i>`), so a kube-apiserver running on this machine can
+    /// proxy to it (the API server refuses loopback pod IPs). The only things
+    /// in the root namespace are the host end of the pair and its connected
+    /// route; both go when the pod's namespace is deleted. Returns the pod
+    /// and the host end's address.
+    pub fn add_host_pod(&mut self, name: &str) -> Result<(Pod, Ipv4Addr)> {
+        let index = u8::try_from(self.pods.len()).context("too many pods")?;
+        if index >= 63 {
+            bail!("at most 63 pods on a node with host pods");
+        }
+        let pid = std::process::id();
+        // One /24 per test process, one /30 per pod.
+        let net = u8::try_from(pid % 250).expect("below 250");
+        let host_ip = Ipv4Addr::new(10, 253, net, index * 4 + 1);
+        let pod = Pod {
+            name: name.to_owned(),
+            netns: format!("{}-{name}", self.run),
+            ip: Ipv4Addr::new(10, 253, net, index * 4 + 2),
+        };
+        let host_end = format!("rmh{}-{index}", pid % 100_000);
+        ip(&["netns", "add", &pod.netns])?;
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns,
+        ])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_end])?;
+        ip(&["link", "set", &host_end, "up"])?;
+        interfaces_up(&pod, 30)?;
+        self.pods.push(pod.clone());
+        Ok((pod, host_ip))
     }
 
     /// Writes every pod's `/etc/hosts`: localhost plus `entries` (cluster DNS).
@@ -504,6 +527,15 @@ impl Drop for Node {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Loopback and `eth0` up in the pod, `eth0` at the pod's address.
+fn interfaces_up(pod: &Pod, prefix_len: u8) -> Result<()> {
+    let ns = pod.netns.as_str();
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    let addr = format!("{}/{prefix_len}", pod.ip);
+    ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])
 }
 
 fn ip(args: &[&str]) -> Result<()> {

@@ -24,7 +24,6 @@ mod tools;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -39,7 +38,7 @@ use remora_webhook::configuration::{
 };
 use serde::Deserialize as _;
 use serde_json::Value;
-use tools::{repo_root, run, run_ok, tools};
+use tools::{eventually, helm_on, repo_root, run, run_ok, tools};
 
 const CHART: &str = "charts/remora";
 const RELEASE: &str = "remora";
@@ -771,37 +770,6 @@ async fn sample_manifests_are_accepted_by_the_api_server() {
     }
 }
 
-fn kubeconfig_args(cp: &ControlPlane) -> Vec<String> {
-    vec![
-        "--kubeconfig".into(),
-        cp.kubeconfig_path().display().to_string(),
-    ]
-}
-
-fn helm_on(cp: &ControlPlane, args: &[&str]) -> String {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(kubeconfig_args(cp));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    // helm's caches stay with this control plane.
-    let cache = cp.dir().join("helm");
-    let r = std::process::Command::new(&tools().helm)
-        .args(&refs)
-        .current_dir(repo_root())
-        .env("HELM_CACHE_HOME", cache.join("cache"))
-        .env("HELM_CONFIG_HOME", cache.join("config"))
-        .env("HELM_DATA_HOME", cache.join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "helm {} failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&r.stderr),
-        String::from_utf8_lossy(&r.stdout)
-    );
-    String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn helm_upgrade_keeps_the_webhook_certificate_and_uninstall_cleans_up() {
     require_tools!();
@@ -919,24 +887,6 @@ async fn client_as(cp: &ControlPlane, namespace: &str, service_account: &str) ->
     ]);
     config.auth_info.token = Some(token.trim().to_owned().into());
     Client::try_from(config).unwrap()
-}
-
-async fn eventually<F, Fut, T>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {

@@ -148,6 +148,19 @@ impl Registry {
         series.entry(labels).or_default().clone()
     }
 
+    /// An info series (value 1) that replaces the family's previous series:
+    /// facts that change as a whole, such as which config document runs.
+    pub fn set_info(&self, name: &'static str, help: &'static str, labels: LabelSet) {
+        let mut inner = self.0.lock().expect("metrics lock");
+        let family = inner.families.entry(name).or_insert_with(|| Family {
+            help,
+            kind: Kind::Gauge,
+            series: BTreeMap::new(),
+        });
+        family.series.clear();
+        family.series.insert(labels, Arc::new(AtomicU64::new(1)));
+    }
+
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         let inner = self.0.lock().expect("metrics lock");
@@ -220,6 +233,21 @@ fn fmt_labels(labels: &LabelSet, le: Option<&str>) -> String {
     }
     s.push('}');
     s
+}
+
+/// `sidecar_config_info{hash="…",version="…"} 1`: the hash of the config
+/// document running now (the operator's `hash` field, which the ConfigMap's
+/// `remora.dev/config-hash` annotation also carries) and this proxy's
+/// version, so `remoractl check` can compare them with what the operator wrote.
+pub fn set_config_info(reg: &Registry, config_hash: &str) {
+    reg.set_info(
+        "sidecar_config_info",
+        "The running config document's hash and the proxy's version",
+        vec![
+            ("hash", config_hash.to_owned()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ],
+    );
 }
 
 /// Per-listener series (MOSN's downstream metrics).
@@ -375,6 +403,23 @@ impl ClusterMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_info_keeps_one_series_for_the_running_document() {
+        let reg = Registry::default();
+        set_config_info(&reg, "sha256:aaa");
+        set_config_info(&reg, "sha256:bbb");
+        let text = reg.render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!(
+                "sidecar_config_info{{hash=\"sha256:bbb\",version=\"{version}\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("sha256:aaa"), "the old hash stayed: {text}");
+        assert!(text.contains("# TYPE sidecar_config_info gauge"));
+    }
 
     #[test]
     fn renders_mosn_names_with_labels() {

@@ -235,6 +235,7 @@ impl Shared {
             TlsChange::Start(t) => self.tls.store(Some(t)),
             TlsChange::Stop => self.tls.store(None),
         }
+        crate::metrics::set_config_info(&self.registry, &document_hash(&snap.config));
         self.snapshot.store(Arc::new(snap));
         let snap = self.snapshot.load_full();
         let keep: Vec<&str> = snap
@@ -279,6 +280,12 @@ impl Shared {
         ));
         RunningListener { addr, stop }
     }
+}
+
+/// The hash the document carries (the operator's, unchanged by the pod's
+/// overrides), or its content hash when it carries none (a hand-written file).
+fn document_hash(config: &SidecarConfig) -> String {
+    config.hash.clone().unwrap_or_else(|| config.content_hash())
 }
 
 /// The workload identity the config's `tls` section names. Files that are
@@ -360,6 +367,7 @@ impl Proxy {
             tls_slot.store(load_identity(&config, &registry)?);
         }
         let snap = Snapshot::compile(config, None, &registry, &opts.pod_labels, &tls_slot)?;
+        crate::metrics::set_config_info(&registry, &document_hash(&snap.config));
         for c in snap.clusters.values() {
             c.resolve_now().await;
         }

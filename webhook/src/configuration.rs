@@ -14,6 +14,10 @@ use kube::api::ObjectMeta;
 use crate::annotations;
 use crate::decision::SYSTEM_NAMESPACES;
 
+/// The name of the one webhook in the configuration (`remoractl check` looks
+/// it up by this name).
+pub const INJECTOR_WEBHOOK: &str = "sidecar-injector.remora.dev";
+
 /// Where the API server reaches the webhook.
 #[derive(Clone, Debug)]
 pub enum WebhookEndpoint {
@@ -112,7 +116,7 @@ pub fn mutating_webhook_configuration(
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![MutatingWebhook {
-            name: "sidecar-injector.remora.dev".into(),
+            name: INJECTOR_WEBHOOK.into(),
             client_config,
             rules: Some(vec![RuleWithOperations {
                 api_groups: Some(vec![String::new()]),

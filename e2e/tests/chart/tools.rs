@@ -171,3 +171,55 @@ pub fn run_ok(program: &Path, args: &[&str], stdin: Option<&str>) -> String {
     );
     r.stdout
 }
+
+fn kubeconfig_args(cp: &remora_testkit::ControlPlane) -> Vec<String> {
+    vec![
+        "--kubeconfig".into(),
+        cp.kubeconfig_path().display().to_string(),
+    ]
+}
+
+/// `helm ARGS` against the test control plane (its kubeconfig, helm's caches in its
+/// directory); panics with helm's output unless it succeeds.
+pub fn helm_on(cp: &remora_testkit::ControlPlane, args: &[&str]) -> String {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(kubeconfig_args(cp));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    // helm's caches stay with this control plane.
+    let cache = cp.dir().join("helm");
+    let r = std::process::Command::new(&tools().helm)
+        .args(&refs)
+        .current_dir(repo_root())
+        .env("HELM_CACHE_HOME", cache.join("cache"))
+        .env("HELM_CONFIG_HOME", cache.join("config"))
+        .env("HELM_DATA_HOME", cache.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&r.stderr),
+        String::from_utf8_lossy(&r.stdout)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// Polls `f` every 200 ms until it returns a value; panics after 30 s.
+pub async fn eventually<F, Fut, T>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
