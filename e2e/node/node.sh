@@ -334,9 +334,10 @@ up() {
   set_sysctl net.ipv4.ip_forward 1
   set_sysctl net.bridge.bridge-nf-call-iptables 1
   # The kubelet sets these itself; recorded here so `down` puts them back.
-  set_sysctl vm.overcommit_memory "$(sysctl -n vm.overcommit_memory)"
-  set_sysctl kernel.panic "$(sysctl -n kernel.panic)"
-  set_sysctl kernel.panic_on_oops "$(sysctl -n kernel.panic_on_oops)"
+  local key
+  for key in vm.overcommit_memory kernel.panic kernel.panic_on_oops; do
+    record "sysctl:$key" "$(sysctl -n "$key")"
+  done
   for d in /var/lib/kubelet /var/lib/cni /run/containerd; do
     [[ -e $d ]] || record "path:$d" absent
   done

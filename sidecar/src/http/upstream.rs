@@ -180,14 +180,11 @@ pub(super) async fn forward(
             if can_retry {
                 let p: &Retry = retry.expect("checked");
                 let granted = if p.budget.try_acquire() {
-                    let budget = RetrySlot {
-                        budget: Some(&p.budget),
-                        _cap: None,
-                    };
-                    // maxRetries counts its own overflow.
+                    // Released again if maxRetries refuses (it counts its own overflow).
+                    let budget = BudgetClaim(&p.budget);
                     cluster.breaker.retry().map(|cap| RetrySlot {
-                        budget: budget.take(),
-                        _cap: Some(cap),
+                        _budget: budget,
+                        _cap: cap,
                     })
                 } else {
                     cluster.metrics.request_retry_overflow.inc();
@@ -290,22 +287,16 @@ fn is_safe(m: &http::Method) -> bool {
 /// A retry's claim on the budget and on the cluster's `maxRetries`, from
 /// its grant until its try returns.
 struct RetrySlot<'a> {
-    budget: Option<&'a crate::snapshot::RetryBudget>,
-    _cap: Option<crate::breaker::Permit<'a>>,
+    _budget: BudgetClaim<'a>,
+    _cap: crate::breaker::Permit<'a>,
 }
 
-impl<'a> RetrySlot<'a> {
-    /// The budget claim, handed on to a slot that also holds the cap.
-    fn take(mut self) -> Option<&'a crate::snapshot::RetryBudget> {
-        self.budget.take()
-    }
-}
+/// A granted retry's share of the route's budget, released on drop.
+struct BudgetClaim<'a>(&'a crate::snapshot::RetryBudget);
 
-impl Drop for RetrySlot<'_> {
+impl Drop for BudgetClaim<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.budget {
-            b.release();
-        }
+        self.0.release();
     }
 }
 
