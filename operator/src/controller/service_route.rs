@@ -25,6 +25,8 @@ use super::{Context, Error, FIELD_MANAGER, MANAGED_BY, Result, condition, set_co
 use crate::acceptance;
 
 const CONTROLLER: &str = "service_route";
+/// How soon a route refused for a conflict over its port is looked at again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(2);
 /// Label on subset Services naming the ServiceRoute that owns them.
 pub const ROUTE_LABEL: &str = "remora.dev/service-route";
 pub const SUBSET_LABEL: &str = "remora.dev/subset";
@@ -79,7 +81,15 @@ async fn reconcile(route: Arc<ServiceRoute>, cx: Arc<RouteContext>) -> Result<Ac
         );
         remove_condition(&mut status, "Degraded");
         publish_once(&ctx, &route, &status, refusal.reason, &message).await;
-        return finish(&ctx, &routes, &route, status).await;
+        let action = finish(&ctx, &routes, &route, status).await?;
+        // The deletion that settles a conflict triggers this reconcile through
+        // a second watch, which may run before the store above has dropped the
+        // deleted route: look again soon rather than at the next resync.
+        return Ok(if refusal.reason == "Conflict" {
+            Action::requeue(CONFLICT_RECHECK)
+        } else {
+            action
+        });
     }
 
     let Some(target) = services.get_opt(&route.spec.service).await? else {
