@@ -42,9 +42,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Draw the mesh on a local web page: services, the calls between them
     /// with rate, success and p99, canary splits and mTLS, redrawn every
-    /// second. Its source: the demo (`--demo`) or sidecar admin addresses.
+    /// second. Its source: the injected pods of a cluster (the default, read
+    /// through the API server), the demo (`--demo`) or sidecar admin addresses.
     #[command(
         after_help = "Examples:\n  remoractl dashboard --demo            # then open http://127.0.0.1:15050/\n  \
+                      remoractl dashboard -n bookinfo       # the cluster's injected pods in bookinfo\n  \
                       remoractl dashboard --demo --duration 10m --listen 127.0.0.1:8080\n  \
                       remoractl dashboard --admin productpage=127.0.0.10:15000 --admin reviews/v1=127.0.0.11:15000",
         mut_arg("duration", |a| a.default_value("2m"))

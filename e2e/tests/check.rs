@@ -1,4 +1,4 @@
-//! `remoractl check`, `stat` and `top` against the testkit's real kube-apiserver
+//! `remoractl check`, `stat`, `top` and `dashboard` against the testkit's real kube-apiserver
 //! with the chart installed by real helm, the operator running (in this process,
 //! with the chart's settings) and one injected pod whose real `remora-sidecar`
 //! is read through the API server's pod proxy.
@@ -278,6 +278,74 @@ fn call_app(ip: &str, n: usize) {
             .unwrap();
         assert!(out.status.success(), "call {i} to the app failed: {out:?}");
     }
+}
+
+/// Runs `remoractl dashboard -n ns` and calls the app until `want` finds
+/// what it looks for in the page's `/api/graph` (within 60 s).
+fn dashboard_until(
+    ctl: &Remoractl,
+    ns: &str,
+    ip: &str,
+    want: impl Fn(&Value) -> Option<Value>,
+) -> Value {
+    use std::io::{BufRead, BufReader};
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(
+        Command::new(&ctl.bin)
+            .args([
+                "dashboard",
+                "-n",
+                ns,
+                "--listen",
+                "127.0.0.1:0",
+                "--kubeconfig",
+            ])
+            .arg(&ctl.kubeconfig)
+            .env_remove("KUBECONFIG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting remoractl dashboard"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let url = stderr
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.split_once("open http://")?.1;
+            Some(format!("http://{}api/graph", rest.split_once(' ')?.0))
+        })
+        .expect("remoractl dashboard printed no URL");
+    // Its further logs, passed on (a closed pipe would fail its writes).
+    std::thread::spawn(move || {
+        stderr
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("dashboard: {l}"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        call_app(ip, 3);
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            last = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(last["source"], "cluster", "{last}");
+            assert_eq!(last["errors"], json!([]), "{last}");
+            if let Some(found) = want(&last) {
+                return found;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("the dashboard's graph never showed what the test waits for:\n{last}");
 }
 
 fn leaf(ca: &MeshCa, dns: &str, ttl: Duration) -> String {
@@ -609,6 +677,23 @@ async fn check_stat_and_top_on_a_cluster_with_the_chart_installed() {
         stderr.contains("kind \"svc\" is not deploy or pod"),
         "{stderr}"
     );
+
+    // The dashboard on the cluster: the pod's sidecar, read through the pod
+    // proxy, is the `reviews` service's v1 workload, serving the calls.
+    let doc = dashboard_until(&ctl, mesh, &ip, |doc| {
+        let node = doc["graph"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["service"] == "reviews")?;
+        (node["requests_per_second"].as_f64()? > 0.0).then(|| node.clone())
+    });
+    assert_eq!(
+        doc["workloads"],
+        json!([{"name": format!("{mesh}/{pod_name}"), "version": "v1",
+            "identity": null, "has_certificate": false}]),
+        "{doc}"
+    );
+    assert_eq!(doc["success_percent"], 100.0, "{doc}");
 
     // A stale config hash: the operator renders a new config (a route and a
     // limit arrive), the sidecar still runs the old one.

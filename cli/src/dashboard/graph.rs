@@ -183,7 +183,7 @@ fn handshakes(samples: &[Sample], direction: &str, result: &str) -> f64 {
     )
 }
 
-fn has_certificate(samples: &[Sample]) -> bool {
+pub(crate) fn has_certificate(samples: &[Sample]) -> bool {
     samples
         .iter()
         .any(|s| s.name == "tls_certificate_expiration_timestamp_seconds" && s.value > 0.0)

@@ -3,10 +3,12 @@
 //!
 //! A source hands the graph task one scrape at a time, one [`Workload`]
 //! per sidecar; the graph is built from the newest scrape and one about a
-//! second older ([`graph::build`]). Sources: `--demo` (the demo's sidecars,
-//! read by the demo's own loop) and `--admin` (sidecar admin addresses);
-//! pods read through the API server plug in the same way.
+//! second older ([`graph::build`]). Sources: a cluster (the default: every
+//! injected pod's sidecar read through the API server, [`cluster`]),
+//! `--demo` (the demo's sidecars, read by the demo's own loop) and `--admin`
+//! (sidecar admin addresses).
 
+mod cluster;
 pub mod graph;
 mod server;
 
@@ -23,12 +25,15 @@ use anyhow::Result;
 use clap::Args;
 use tokio::sync::{mpsc, watch};
 
-use crate::demo::{self, DemoArgs, scrape};
+use crate::{
+    cluster::KubeArgs,
+    demo::{self, DemoArgs, scrape},
+};
 pub use graph::Workload;
 use server::GraphDoc;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["demo", "admins"])))]
+#[command(group(clap::ArgGroup::new("source").args(["demo", "admins"])))]
 pub struct DashboardArgs {
     /// Where the page is served. Loopback addresses only: the page has no
     /// authentication.
@@ -41,6 +46,15 @@ pub struct DashboardArgs {
     /// version: `reviews/v2=127.0.0.12:15000`. Repeat for several.
     #[arg(long = "admin", value_name = "[SERVICE[/VERSION]=]ADDR")]
     admins: Vec<AdminTarget>,
+    /// In a cluster (no `--demo` or `--admin`): the namespace whose injected
+    /// pods are drawn (default: the kubeconfig context's).
+    #[arg(short, long, conflicts_with = "source")]
+    namespace: Option<String>,
+    /// In a cluster: the injected pods of every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["source", "namespace"])]
+    all_namespaces: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
     #[command(flatten)]
     demo_args: DemoArgs,
 }
@@ -142,6 +156,8 @@ async fn graph_task(
 /// sender is the source's.
 async fn start(listen: SocketAddr, source: &'static str) -> Result<ScrapeSender> {
     let listener = server::bind(listen).await?;
+    // The bound address: `--listen 127.0.0.1:0` picks a free port.
+    let bound = listener.local_addr().unwrap_or(listen);
     let (doc_tx, doc_rx) = watch::channel(Arc::new(GraphDoc {
         source: source.into(),
         generated_unix_ms: unix_ms(),
@@ -155,7 +171,7 @@ async fn start(listen: SocketAddr, source: &'static str) -> Result<ScrapeSender>
             tracing::error!(error = %e, "the dashboard's server stopped");
         }
     });
-    eprintln!("remoractl dashboard: open http://{listen}/ (graph JSON at /api/graph)");
+    eprintln!("remoractl dashboard: open http://{bound}/ (graph JSON at /api/graph)");
     Ok(scrape_tx)
 }
 
@@ -173,14 +189,31 @@ pub fn run(args: DashboardArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let tx = start(args.listen, "admin").await?;
+        let mut source = if args.admins.is_empty() {
+            let client = args.kube.client().await?;
+            let namespace = (!args.all_namespaces).then(|| {
+                args.namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned())
+            });
+            Some(cluster::ClusterSource::new(client, namespace))
+        } else {
+            None
+        };
+        let name = if source.is_some() { "cluster" } else { "admin" };
+        let tx = start(args.listen, name).await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {}
             }
-            let _ = tx.try_send(scrape_admins(&args.admins).await);
+            let scrape = match &mut source {
+                Some(cluster) => cluster.scrape().await,
+                None => scrape_admins(&args.admins).await,
+            };
+            let _ = tx.try_send(scrape);
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -30,7 +30,8 @@ const JS: &str = include_str!("page.js");
 /// What `GET /api/graph` answers.
 #[derive(Serialize, Debug, Clone, Default)]
 pub struct GraphDoc {
-    /// `demo`, or `admin` (sidecar admin addresses).
+    /// `cluster` (pods through the API server), `demo`, or `admin`
+    /// (sidecar admin addresses).
     pub source: String,
     pub generated_unix_ms: u64,
     pub graph: Graph,
