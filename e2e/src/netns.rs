@@ -317,6 +317,33 @@ impl Node {
         Ok((pod, host_ip))
     }
 
+    /// In `pod`, redirects inbound TCP to `port` into the sidecar's inbound
+    /// listener at `to`: the one capture rule remora-init would add for the
+    /// app's port, for tests that call the app from the host.
+    pub fn redirect_inbound(&self, pod: &Pod, port: u16, to: u16) -> Result<()> {
+        let (port, to) = (port.to_string(), to.to_string());
+        self.exec_in_pod(
+            pod,
+            &[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &to,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Writes every pod's `/etc/hosts`: localhost plus `entries` (cluster DNS).
     pub fn set_hosts(&self, entries: &[(Ipv4Addr, String)]) -> Result<()> {
         let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost\n");

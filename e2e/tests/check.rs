@@ -503,26 +503,7 @@ async fn check_stat_and_top_on_a_cluster_with_the_chart_installed() {
         ],
     );
     node.spawn(&net, "sidecar", proxy).unwrap();
-    node.exec_in_pod(
-        &net,
-        &[
-            "iptables",
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "--dport",
-            &APP_PORT.to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ],
-    )
-    .unwrap();
+    node.redirect_inbound(&net, APP_PORT, 15006).unwrap();
     let wait = node.command(
         &net,
         None,

@@ -17,6 +17,7 @@ pub mod balance;
 pub mod breaker;
 pub mod cluster;
 pub mod codec;
+pub mod config_watch;
 pub mod http;
 pub mod iptables;
 pub mod listener;

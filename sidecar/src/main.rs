@@ -11,7 +11,8 @@ use std::{
 use clap::{Parser, Subcommand};
 use remora_api::config::SidecarConfig;
 use remora_sidecar::{
-    Options, Proxy, iptables::CaptureRules, pod_overrides::PodOverrides, ratelimit::read_pod_labels,
+    Options, Proxy, config_watch::WatchTarget, iptables::CaptureRules, pod_overrides::PodOverrides,
+    ratelimit::read_pod_labels,
 };
 
 #[derive(Parser)]
@@ -19,6 +20,44 @@ use remora_sidecar::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigWatch {
+    Auto,
+    On,
+    Off,
+}
+
+/// The API server and ConfigMap to follow, as `--config-watch` asks.
+fn watch_target(mode: ConfigWatch) -> anyhow::Result<Option<WatchTarget>> {
+    if mode == ConfigWatch::Off {
+        return Ok(None);
+    }
+    let target = match WatchTarget::from_env() {
+        Ok(t) => t,
+        Err(e) if mode == ConfigWatch::Auto => {
+            tracing::info!("config from the file only: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match target {
+        Some(t) if t.token_file.exists() => Ok(Some(t)),
+        Some(t) if mode == ConfigWatch::Auto => {
+            tracing::info!(
+                "config from the file only: no ServiceAccount token at {}",
+                t.token_file.display()
+            );
+            Ok(None)
+        }
+        Some(t) => anyhow::bail!(
+            "--config-watch on: no ServiceAccount token at {}",
+            t.token_file.display()
+        ),
+        None if mode == ConfigWatch::Auto => Ok(None),
+        None => anyhow::bail!("--config-watch on: KUBERNETES_SERVICE_HOST is not set"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -42,6 +81,11 @@ enum Command {
         /// passed by the webhook), laid over the config at start and on reload.
         #[command(flatten)]
         overrides: PodOverrides,
+        /// Follow the config through the API server as well as the file:
+        /// `auto` does in a pod with a ServiceAccount token, `on` must
+        /// (start fails without one), `off` reads the file only.
+        #[arg(long, env = "REMORA_CONFIG_WATCH", value_enum, default_value_t = ConfigWatch::Auto)]
+        config_watch: ConfigWatch,
     },
     /// Wait until the proxy's admin `/ready` answers 200 (for postStart hooks).
     WaitReady {
@@ -93,11 +137,13 @@ fn main() -> ExitCode {
             pod_labels,
             app_probes,
             overrides,
+            config_watch,
         } => match run(
             &config,
             pod_labels.as_deref(),
             app_probes.as_deref(),
             overrides,
+            config_watch,
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -165,6 +211,7 @@ fn run(
     pod_labels: Option<&Path>,
     app_probes: Option<&str>,
     overrides: PodOverrides,
+    config_watch: ConfigWatch,
 ) -> anyhow::Result<()> {
     let mut config = load(path)?;
     overrides.apply(&mut config);
@@ -174,6 +221,15 @@ fn run(
         None => Default::default(),
     };
     let log_level = init_logging(&config.runtime.log_level);
+    let config_watch = watch_target(config_watch)?;
+    if let Some(t) = &config_watch {
+        tracing::info!(
+            api = %t.address,
+            namespace = %t.namespace,
+            "following ConfigMap {} through the API server",
+            t.config_map
+        );
+    }
     let labels = match pod_labels {
         Some(p) => read_pod_labels(p)?,
         None => Default::default(),
@@ -186,6 +242,7 @@ fn run(
             pod_labels: labels,
             config_path: Some(path.to_path_buf()),
             watch_interval: None,
+            config_watch,
             app_probes,
             log_level: Some(log_level),
             overrides,

@@ -37,6 +37,9 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// How often the config file is checked (default 1 s).
     pub watch_interval: Option<Duration>,
+    /// Follow the config through the API server too (in a pod: the
+    /// namespace's rendered ConfigMap, with the pod's token).
+    pub config_watch: Option<crate::config_watch::WatchTarget>,
     /// The app's probes, answered on the admin port (`/app-health/...`).
     pub app_probes: AppProbes,
     /// Changes the process's log level (`POST /logging` on the control port).
@@ -70,6 +73,9 @@ pub struct Shared {
     /// `true` once listeners have stopped accepting.
     pub closed: watch::Sender<bool>,
     pub ready: AtomicBool,
+    /// `true` while the API server watch of the config is synced: the file
+    /// watcher then only notes the file's changes (`config_watch`).
+    pub api_synced: AtomicBool,
     pub log_level: Option<LogLevel>,
     /// When a drain started, `/live` fails after this instant (the drain's
     /// grace and timeout), so the kubelet restarts a proxy left drained.
@@ -393,6 +399,7 @@ impl Proxy {
             drain: watch::channel(false).0,
             closed: watch::channel(false).0,
             ready: AtomicBool::new(false),
+            api_synced: AtomicBool::new(false),
             log_level: opts.log_level.clone(),
             not_live_after: std::sync::Mutex::new(None),
             connections: AtomicUsize::new(0),
@@ -435,6 +442,10 @@ impl Proxy {
         let every = opts.watch_interval.unwrap_or(Duration::from_secs(1));
         if let Some(path) = opts.config_path.clone() {
             tokio::spawn(watch_file(path, shared.clone(), every));
+        }
+        if let Some(target) = opts.config_watch.clone() {
+            let metrics = crate::config_watch::WatchMetrics::new(&shared.registry);
+            tokio::spawn(crate::config_watch::run(target, shared.clone(), metrics));
         }
         tokio::spawn(watch_certificates(shared.clone(), every));
         shared.ready.store(true, Ordering::Release);
@@ -522,6 +533,13 @@ async fn watch_file(path: PathBuf, shared: Arc<Shared>, every: Duration) {
         };
         let h = hash_bytes(&bytes);
         if settled == Some(h) {
+            continue;
+        }
+        if shared.api_synced.load(Ordering::Acquire) {
+            // The API server's copy is newer than any kubelet sync: note
+            // the file, so only a later change applies if the watch is lost.
+            settled = Some(h);
+            retrying = None;
             continue;
         }
         let parsed = SidecarConfig::from_json(&bytes).map(|mut c| {
