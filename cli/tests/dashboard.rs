@@ -326,8 +326,10 @@ fn the_dashboard_listens_on_loopback_only() {
         stderr.contains("--listen 0.0.0.0:15050") && stderr.contains("loopback only"),
         "{stderr}"
     );
+    // No source flag: a cluster; with none to be found, the error names
+    // the other sources.
     let out = Command::new(env!("CARGO_BIN_EXE_remoractl"))
-        .args(["dashboard"])
+        .args(["dashboard", "--kubeconfig", "/nonexistent/kubeconfig"])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use tokio::sync::{mpsc, watch};
 
@@ -190,7 +190,9 @@ pub fn run(args: DashboardArgs) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async {
         let mut source = if args.admins.is_empty() {
-            let client = args.kube.client().await?;
+            let client = args.kube.client().await.context(
+                "drawing a cluster's mesh (without one: --demo, or --admin ADDR for sidecars' admin addresses)",
+            )?;
             let namespace = (!args.all_namespaces).then(|| {
                 args.namespace
                     .clone()
